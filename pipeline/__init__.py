@@ -1,0 +1,1 @@
+"""Workflows of hippogan: manifests, GAN training, inference, metrics and the command line."""
