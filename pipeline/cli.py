@@ -12,7 +12,7 @@ import logging
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("evaluation",)
 
 
 def build_parser() -> argparse.ArgumentParser:
