@@ -24,7 +24,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from monai.utils import CommonKeys
 
+from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, load_manifest, select_folds
 from hippogan.pipeline.metrics import METRICS, evaluate_case
 
 __all__ = [
@@ -125,18 +127,6 @@ def _check_predictions(rows: list[dict[str, Any]], pred_dir: Path) -> list[dict[
     return rows
 
 
-def _read_manifest(csv: Path, dataset_dir: Path) -> list[dict[str, Any]]:
-    """Read the manifest rows (``subject_id``, ``label``, ``fold``), label paths resolved against ``dataset_dir``."""
-    table = pd.read_csv(csv)
-    missing = {"subject_id", "label", "fold"} - set(table.columns)
-    if missing:
-        raise ValueError(f"manifest {csv} lacks column(s) {sorted(missing)}; expected subject_id,image,label,fold")
-    return [
-        {"subject_id": str(r.subject_id), "label": dataset_dir / str(r.label), "fold": int(r.fold)}
-        for r in table.itertuples(index=False)
-    ]
-
-
 def pairs_from_manifest(
     pred_dir: str | PathLike, manifest: str | PathLike, dataset_dir: str | PathLike, fold: int | None = None
 ) -> list[dict[str, Any]]:
@@ -149,19 +139,24 @@ def pairs_from_manifest(
         fold: keep only the rows of this fold (the held-out fold of a cross-validation run).
 
     Returns:
-        Rows ``{"subject_id", "pred", "label", "fold"}`` for :func:`evaluate_files`.
+        The manifest rows (``subject_id, image, label, fold``) with ``"pred"`` added, for
+        :func:`evaluate_files`.
 
     Raises:
-        ValueError: if no row has ``fold``, or any prediction is missing (all are listed).
+        ValueError: if the manifest is malformed (see ``load_manifest``), no row has ``fold``, a row
+            has no label, or any prediction is missing (all are listed).
     """
-    pred_dir, manifest = Path(pred_dir), Path(manifest)
-    rows = _read_manifest(manifest, Path(dataset_dir))
+    pred_dir = Path(pred_dir)
+    rows = load_manifest(manifest, dataset_dir)
     if fold is not None:
-        folds = sorted({r["fold"] for r in rows})
-        rows = [r for r in rows if r["fold"] == fold]
+        folds = sorted({r[FOLD] for r in rows})
+        rows = select_folds(rows, folds=[fold])
         if not rows:
             raise ValueError(f"manifest {manifest} has no row with fold {fold}; folds present: {folds}")
-    rows = [{**r, "pred": pred_dir / f"{r['subject_id']}.nii.gz"} for r in rows]
+    unlabelled = [r[SUBJECT_ID] for r in rows if CommonKeys.LABEL not in r]
+    if unlabelled:
+        raise ValueError(f"manifest {manifest}: no reference label for {', '.join(unlabelled)}")
+    rows = [{**r, "pred": pred_dir / f"{r[SUBJECT_ID]}.nii.gz"} for r in rows]
     return _check_predictions(rows, pred_dir)
 
 
@@ -243,16 +238,20 @@ def write_evaluation(per_case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run ``hippogan evaluate``: match pairs, score them, write the tables, log the summary."""
-    if args.manifest is not None and args.dataset_dir is None:
-        raise ValueError("--manifest needs --dataset-dir (the root of the manifest's relative paths)")
-    if args.ref_dir is not None and args.fold is not None:
-        raise ValueError("--fold applies to --manifest only, not to --ref-dir")
-    if args.manifest is not None:
-        pairs = pairs_from_manifest(args.pred_dir, args.manifest, args.dataset_dir, args.fold)
-    else:
-        pairs = pairs_from_ref_dir(args.pred_dir, args.ref_dir)
-    rows = evaluate_files(pairs, classes=args.classes)
+    """Run ``hippogan evaluate``: match pairs, score them, write the tables, log the summary (exit 2 on bad input)."""
+    try:
+        if args.manifest is not None and args.dataset_dir is None:
+            raise ValueError("--manifest needs --dataset-dir (the root of the manifest's relative paths)")
+        if args.ref_dir is not None and args.fold is not None:
+            raise ValueError("--fold applies to --manifest only, not to --ref-dir")
+        if args.manifest is not None:
+            pairs = pairs_from_manifest(args.pred_dir, args.manifest, args.dataset_dir, args.fold)
+        else:
+            pairs = pairs_from_ref_dir(args.pred_dir, args.ref_dir)
+        rows = evaluate_files(pairs, classes=args.classes)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     paths = write_evaluation(rows, args.out)
     for name, row in summarise(rows).iterrows():
         logger.info("%-16s %.4f ± %.4f (n=%d)", name, row["mean"], row["std"], row["n"])
