@@ -12,7 +12,7 @@ import logging
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("evaluation",)
+COMMAND_MODULES = ("evaluation", "manifest")
 
 
 def build_parser() -> argparse.ArgumentParser:
