@@ -221,6 +221,13 @@ def test_pluggable_parts_train(kwargs):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
+def test_amp_is_ignored_on_cpu():
+    trainer = make_trainer(amp=True)
+    trainer.run()
+    assert not trainer.amp_enabled and not trainer.g_scaler.is_enabled() and not trainer.d_scaler.is_enabled()
+    assert all(torch.isfinite(torch.tensor(v)) for v in gan_losses(trainer.state.output).values())
+
+
 def test_iteration_events_fire_in_order():
     trainer = make_trainer()
     fired: list[str] = []
