@@ -128,7 +128,9 @@ def checkpoint_state(trainer: Engine, config: Mapping | None = None, best: Mappi
     return state
 
 
-def save_checkpoint(path: str | os.PathLike, trainer: Engine, config: Mapping | None = None, best: Mapping | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, trainer: Engine, config: Mapping | None = None, best: Mapping | None = None
+) -> Path:
     """Write :func:`checkpoint_state` of ``trainer`` to ``path`` with :func:`atomic_save`; returns the path."""
     return atomic_save(checkpoint_state(trainer, config, best), path)
 
@@ -153,7 +155,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
 
 
 def load_network_weights(
-    path: str | os.PathLike, network: torch.nn.Module, key: str = "g_network", map_location: str | torch.device | None = "cpu"
+    path: str | os.PathLike,
+    network: torch.nn.Module,
+    key: str = "g_network",
+    map_location: str | torch.device | None = "cpu",
 ) -> None:
     """Load one network's weights from a checkpoint (e.g. the generator for inference).
 
@@ -344,7 +349,9 @@ class CheckpointHandler:
         trainer = metric_engine if self._trainer is None else self._trainer
         self.best_metric, self.best_metric_epoch = value, int(trainer.state.epoch)
         save_checkpoint(self.best_path, trainer, self.config, self.state_dict())
-        logger.info("saved %s (%s = %.6g, epoch %d)", self.best_path, self.key_metric_name, value, self.best_metric_epoch)
+        logger.info(
+            "saved %s (%s = %.6g, epoch %d)", self.best_path, self.key_metric_name, value, self.best_metric_epoch
+        )
 
 
 def _listed(keys: list[str]) -> str:

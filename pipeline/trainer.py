@@ -65,7 +65,10 @@ def default_activation(logits: torch.Tensor) -> torch.Tensor:
 
 
 def default_optimizer(
-    parameters: Iterable[torch.Tensor] | Iterable[dict], lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), **kwargs: Any
+    parameters: Iterable[torch.Tensor] | Iterable[dict],
+    lr: float = 2e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    **kwargs: Any,
 ) -> torch.optim.NAdam:
     """Return the paper's optimiser, ``torch.optim.NAdam(parameters, lr=2e-4, betas=(0.5, 0.999))``.
 
@@ -112,7 +115,8 @@ def label_to_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     low, high = float(label.min()), float(label.max())
     if low < 0 or high > num_classes - 1:
         raise ValueError(
-            f"label values must lie in [0, {num_classes - 1}] for a {num_classes}-channel generator, got [{low}, {high}]."
+            f"label values must lie in [0, {num_classes - 1}] for a {num_classes}-channel generator, "
+            f"got [{low}, {high}]."
         )
     return one_hot(label, num_classes=num_classes, dim=1)
 
@@ -261,7 +265,8 @@ class ConditionalGanTrainer(Trainer):
     ) -> None:
         if supervised_weight < 0 or adversarial_weight < 0:
             raise ValueError(
-                f"supervised_weight and adversarial_weight must be >= 0, got {supervised_weight} and {adversarial_weight}."
+                "supervised_weight and adversarial_weight must be >= 0, "
+                f"got {supervised_weight} and {adversarial_weight}."
             )
         if supervised_weight == 0 and adversarial_weight == 0:
             raise ValueError("supervised_weight and adversarial_weight are both 0: the generator would not learn.")

@@ -54,7 +54,9 @@ def make_generator(out_channels: int = CLASSES) -> UNet:
 
 
 def make_discriminator(out_channels: int = CLASSES, dropout: float = 0.0) -> Discriminator:
-    return Discriminator(in_shape=(1 + out_channels, SIZE, SIZE), channels=(4, 8), strides=(2, 2), num_res_units=0, dropout=dropout)
+    return Discriminator(
+        in_shape=(1 + out_channels, SIZE, SIZE), channels=(4, 8), strides=(2, 2), num_res_units=0, dropout=dropout
+    )
 
 
 def make_trainer(
@@ -94,7 +96,12 @@ def same_params(network: torch.nn.Module, reference: list[torch.Tensor]) -> bool
 
 @pytest.mark.parametrize(
     "prediction, target_is_real, expected",
-    [(torch.ones(2, 1), True, 0.0), (torch.zeros(2, 1, 4, 4), False, 0.0), (torch.ones(2, 1), False, 1.0), (torch.full((3, 1), 0.5), True, 0.25)],
+    [
+        (torch.ones(2, 1), True, 0.0),
+        (torch.zeros(2, 1, 4, 4), False, 0.0),
+        (torch.ones(2, 1), False, 1.0),
+        (torch.full((3, 1), 0.5), True, 0.25),
+    ],
 )
 def test_gan_loss_targets(prediction, target_is_real, expected):
     assert GANLoss()(prediction, target_is_real).item() == pytest.approx(expected)
@@ -120,7 +127,11 @@ def test_label_to_one_hot(label, num_classes, expected):
 
 @pytest.mark.parametrize(
     "label, num_classes, match",
-    [(torch.tensor([[[[0, 3]]]]), 3, r"\[0, 2\]"), (torch.zeros(1, 2, 2, 2), 3, "1 channel"), (torch.zeros(4, 4), 2, "shape")],
+    [
+        (torch.tensor([[[[0, 3]]]]), 3, r"\[0, 2\]"),
+        (torch.zeros(1, 2, 2, 2), 3, "1 channel"),
+        (torch.zeros(4, 4), 2, "shape"),
+    ],
 )
 def test_label_to_one_hot_errors(label, num_classes, match):
     with pytest.raises(ValueError, match=match):
@@ -241,7 +252,8 @@ def test_iteration_events_fire_in_order():
 def test_stats_handler_and_progress_bar(capsys):
     trainer = make_trainer()
     StatsHandler(name="hippogan.test_stats", output_transform=gan_losses).attach(trainer)
-    StatsHandler(name="hippogan.test_stats", tag_name="total", output_transform=lambda out: out[CommonKeys.LOSS]).attach(trainer)
+    total = StatsHandler(name="hippogan.test_stats", tag_name="total", output_transform=lambda out: out[CommonKeys.LOSS])
+    total.attach(trainer)
     stream = io.StringIO()
     attach_progress_bar(trainer, persist=True, file=stream)
     trainer.run()
@@ -265,7 +277,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     assert raw["config"] == {"lr": 2e-4, "betas": [0.5, 0.999], "data": str(tmp_path), "1": None}
     generator = make_generator()
     load_network_weights(path, generator)
-    assert all(torch.equal(a, b) for a, b in zip(generator.state_dict().values(), trainer.g_network.state_dict().values()))
+    loaded, trained = generator.state_dict().values(), trainer.g_network.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(loaded, trained))
 
 
 def test_plain_config_rejects_non_mapping():
@@ -329,7 +342,10 @@ def test_resume_with_nothing_left_raises(tmp_path):
 @pytest.mark.parametrize(
     "other, match",
     [
-        ({"out_channels": 2}, r"'g_network' does not fit the network: .*shape mismatches \[\S+ \(12, 3, 3, 3\) in file vs \(12, 2, 3, 3\)"),
+        (
+            {"out_channels": 2},
+            r"'g_network' does not fit the network: .*shape mismatches \[\S+ \(12, 3, 3, 3\) in file vs \(12, 2, 3, 3\)",
+        ),
         ({"with_d": False, "adversarial_weight": 0.0}, r"unexpected keys \['d_network', 'd_optimizer'\]"),
     ],
 )
@@ -354,11 +370,12 @@ def test_unreadable_checkpoint_names_file(tmp_path):
 
 
 def test_checkpoint_handler_best_on_train_metric(tmp_path):
-    trainer = make_trainer(max_epochs=3, key_train_metric={"sup": Average(output_transform=lambda out: out[GanLossKeys.G_SUP_LOSS])})
+    metric = Average(output_transform=lambda out: out[GanLossKeys.G_SUP_LOSS])
+    trainer = make_trainer(max_epochs=3, key_train_metric={"sup": metric})
     per_epoch: list[float] = []
     handler = CheckpointHandler(tmp_path, metric_cmp_fn=lambda current, best: current < best)
     handler.attach(trainer)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: per_epoch.append(float(engine.state.metrics["sup"])))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: per_epoch.append(float(e.state.metrics["sup"])))
     trainer.run()
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["best"]["best_metric_epoch"] == 1 + per_epoch.index(min(per_epoch))
@@ -368,13 +385,19 @@ def test_checkpoint_handler_best_on_train_metric(tmp_path):
 
 def test_checkpoint_handler_best_on_validation_metric(tmp_path):
     trainer = make_trainer(max_epochs=2)
-    post = Compose([Activationsd(keys="pred", softmax=True), AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(CLASSES, CLASSES))])
+    post = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(CLASSES, CLASSES)),
+        ]
+    )
+    dice = MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))
     evaluator = SupervisedEvaluator(
         device="cpu",
         val_data_loader=make_loader(n=2, seed=1),
         network=trainer.g_network,
         postprocessing=post,
-        key_val_metric={"val_dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))},
+        key_val_metric={"val_dice": dice},
     )
     ValidationHandler(interval=1, validator=evaluator).attach(trainer)
     handler = CheckpointHandler(tmp_path, metric_engine=evaluator)
@@ -385,7 +408,9 @@ def test_checkpoint_handler_best_on_validation_metric(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["best"] == handler.state_dict()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"save_interval": 0}, "save_interval"), ({"best_filename": "last.pt"}, "differ")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"save_interval": 0}, "save_interval"), ({"best_filename": "last.pt"}, "differ")]
+)
 def test_checkpoint_handler_value_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         CheckpointHandler(tmp_path, **kwargs)
