@@ -146,7 +146,8 @@ class SEDecoderBlock(nn.Module):
 
     upsample x2 (nearest, or to the skip's size) -> concatenate the skip -> 3x3 convolution that adjusts
     the concatenated channels -> SE block (MONAI ``ChannelSELayer``, hidden width ``out_channels // r``)
-    -> Inception block (:class:`FactorizedInception`). With ``se=False`` the SE block is skipped; with
+    -> Inception block (:class:`FactorizedInception`). The excitation's first bias starts at 1, so its
+    hidden ReLUs start active (the SE input is non-negative). With ``se=False`` the SE block is skipped; with
     ``inception=False`` a plain 3x3 convolution replaces the Inception block (same depth).
 
     Args:
@@ -189,7 +190,13 @@ class SEDecoderBlock(nn.Module):
         self.adjust = Convolution(
             spatial_dims, in_channels + skip_channels, out_channels, kernel_size=3, act=act, norm=norm, bias=False
         )
-        self.se: nn.Module = ChannelSELayer(spatial_dims, out_channels, r=se_reduction) if se else nn.Identity()
+        self.se: nn.Module = nn.Identity()
+        if se:
+            se_layer = ChannelSELayer(spatial_dims, out_channels, r=se_reduction)
+            # The squeezed input is a mean of ReLU outputs (>= 0): with a zero-mean bias a hidden unit starts
+            # inactive for every input about half of the time, and at r = 16 a 16-channel SE has only one.
+            nn.init.ones_(se_layer.fc[0].bias)
+            self.se = se_layer
         self.features: nn.Module = (
             FactorizedInception(spatial_dims, out_channels, out_channels, inception_kernels, act=act, norm=norm)
             if inception

@@ -1,0 +1,244 @@
+"""Tests of hippogan.networks: shapes, ablation switches, configs, gradients, SE ratio, TorchScript, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.blocks import ChannelSELayer
+from monai.networks.nets.resnet import ResNetBlock
+from torch import nn
+
+from hippogan.networks import (
+    ABLATION_VARIANTS,
+    FactorizedInception,
+    PlainBlock,
+    ResSEGenerator,
+    SegDiscriminator,
+    factorized_kernels,
+)
+
+README = Path(__file__).resolve().parents[1] / "networks" / "README.md"
+NARROW_2D = {"channels": (8, 8, 16, 16), "decoder_channels": (32, 16, 16, 16, 16)}
+NARROW_3D = {"channels": (4, 4, 8, 8), "decoder_channels": (8, 8, 8, 8, 8), "se_reduction": 4}
+NARROW_D = {"channels": (8, 16, 16)}
+
+
+def _readme_configs() -> list[dict]:
+    """Every ```json block of networks/README.md that holds a ``_target_``."""
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.S)
+    return [cfg for cfg in map(json.loads, blocks) if "_target_" in cfg]
+
+
+def _build(config: dict) -> nn.Module:
+    return ConfigParser({"net": config}).get_parsed_content("net")
+
+
+@pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
+@pytest.mark.parametrize("out_channels", [1, 3])
+@pytest.mark.parametrize("inception", [True, False])
+def test_generator_shape_2d(variant: str, out_channels: int, inception: bool) -> None:
+    net = ResSEGenerator(2, 1, out_channels, inception=inception, **ABLATION_VARIANTS[variant], **NARROW_2D)
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 64, 64)).shape == (2, out_channels, 64, 64)
+
+
+@pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_generator_shape_3d(variant: str, out_channels: int) -> None:
+    net = ResSEGenerator(3, 1, out_channels, **ABLATION_VARIANTS[variant], **NARROW_3D).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 48, 64, 64)).shape == (1, out_channels, 48, 64, 64)
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect", "replicate"])
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "padded_shape", "narrow"),
+    [(2, (35, 51), (64, 64), NARROW_2D), (3, (20, 27, 33), (32, 32, 64), NARROW_3D)],
+)
+def test_generator_odd_sizes_pad_and_crop_back(spatial_dims, shape, padded_shape, narrow, pad_mode) -> None:
+    """A size that is not a multiple of 32 is padded (centred) to one and the output cropped back."""
+    net = ResSEGenerator(spatial_dims, 1, 3, pad_mode=pad_mode, **narrow).eval()
+    x = torch.randn(1, 1, *shape)
+    starts = [(p - s) // 2 for s, p in zip(shape, padded_shape)]
+    pads = [v for s, p, a in reversed(list(zip(shape, padded_shape, starts))) for v in (a, p - s - a)]
+    with torch.no_grad():
+        y = net(x)
+        reference = net(torch.nn.functional.pad(x, pads, mode=pad_mode))
+    assert y.shape == (1, 3, *shape)
+    crop = tuple(slice(a, a + s) for a, s in zip(starts, shape))
+    torch.testing.assert_close(y, reference[(..., *crop)])
+
+
+def test_default_generator_is_resnet34_without_download() -> None:
+    net = ResSEGenerator()
+    encoder = net.encoder
+    assert encoder.out_channels == (64, 64, 128, 256, 512)
+    stages = [encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
+    assert [len(s) for s in stages] == [3, 4, 6, 3]
+    assert all(isinstance(block, ResNetBlock) for s in stages for block in s)
+    plain = ResSEGenerator(encoder="plain", **NARROW_2D).encoder
+    assert all(isinstance(block, PlainBlock) for block in plain.layer3)
+    assert not any("downsample" in name for name, _ in plain.named_modules())
+
+
+def test_generator_from_config_parser() -> None:
+    config = {"_target_": "hippogan.networks.ResSEGenerator", "spatial_dims": 2, "out_channels": 3, "se": False}
+    net = _build({**config, **{k: list(v) for k, v in NARROW_2D.items()}})
+    assert isinstance(net, ResSEGenerator)
+    assert not any(isinstance(m, ChannelSELayer) for m in net.modules())
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("config", _readme_configs(), ids=lambda c: c["_target_"].rsplit(".", 1)[-1])
+def test_readme_configs_build_and_have_the_documented_shapes(config: dict) -> None:
+    """networks/README.md's generators (ours, MONAI UNet, AttentionUnet) and discriminator, 2D 64x64."""
+    net = _build(config).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, config["in_channels"], 64, 64))
+    expected = (2, 1) if config["_target_"].endswith("SegDiscriminator") else (2, config["out_channels"], 64, 64)
+    assert y.shape == expected
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "patch_output", "expected"),
+    [
+        (2, (64, 64), False, (2, 1)),
+        (2, (64, 64), True, (2, 1, 8, 8)),
+        (2, (35, 51), True, (2, 1, 5, 7)),
+        (3, (48, 64, 64), False, (2, 1)),
+        (3, (48, 64, 64), True, (2, 1, 6, 8, 8)),
+    ],
+)
+def test_discriminator_shapes(spatial_dims, shape, patch_output, expected) -> None:
+    net = SegDiscriminator(spatial_dims, 4, patch_output=patch_output, **NARROW_D)
+    with torch.no_grad():
+        assert net(torch.randn(2, 4, *shape)).shape == expected
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ResSEGenerator(2, 1, 3, **NARROW_2D),
+        lambda: ResSEGenerator(2, 1, 1, encoder="plain", se=False, inception=False, **NARROW_2D),
+        lambda: SegDiscriminator(2, 2, **NARROW_D),
+        lambda: SegDiscriminator(2, 2, patch_output=True, **NARROW_D),
+    ],
+    ids=["res-se-inception", "plain", "discriminator", "patch-discriminator"],
+)
+def test_gradients_reach_every_parameter(make) -> None:
+    """One backward pass reaches every weight (also the SE's single hidden unit at 16 channels and r = 16)."""
+    net = make()
+    in_channels = 1 if isinstance(net, ResSEGenerator) else 2
+    y = net(torch.randn(2, in_channels, 35, 51))
+    (y * torch.randn_like(y)).sum().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("se_reduction", [16, 8])
+def test_se_reduction_sets_the_excitation_width(se_reduction: int) -> None:
+    net = ResSEGenerator(se_reduction=se_reduction, **NARROW_2D)
+    se_layers = [m for m in net.modules() if isinstance(m, ChannelSELayer)]
+    assert len(se_layers) == 5
+    widths = [(layer.fc[0].in_features, layer.fc[0].out_features) for layer in se_layers]
+    assert widths == [(c, c // se_reduction) for c in NARROW_2D["decoder_channels"]]
+    default_widths = [m.fc[0].out_features for m in ResSEGenerator().modules() if isinstance(m, ChannelSELayer)]
+    assert default_widths == [256 // 16, 128 // 16, 64 // 16, 32 // 16, 16 // 16]
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "expected"),
+    [(2, {(1, 1), (1, 3), (3, 1), (1, 5), (5, 1)}), (3, {(1, 1, 1), (1, 1, 3), (1, 3, 1), (3, 1, 1)})],
+)
+def test_inception_kernels_are_factorised(spatial_dims: int, expected: set) -> None:
+    block = FactorizedInception(spatial_dims, 16, 16, kernel_sizes=(3, 5) if spatial_dims == 2 else (3,))
+    kernels = {m.kernel_size for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))}
+    assert kernels == expected
+    assert factorized_kernels(3, 2) == [(1, 3), (3, 1)]
+    with torch.no_grad():
+        assert block(torch.randn(1, 16, *[9] * spatial_dims)).shape == (1, 16, *[9] * spatial_dims)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: ResSEGenerator(2, 1, 3, **NARROW_2D), (2, 1, 35, 51)),
+        (lambda: ResSEGenerator(2, 1, 1, encoder="plain", se=False, inception=False, **NARROW_2D), (2, 1, 64, 64)),
+        (lambda: ResSEGenerator(3, 1, 3, **NARROW_3D), (1, 1, 20, 27, 33)),
+        (lambda: SegDiscriminator(2, 2, **NARROW_D), (2, 2, 35, 51)),
+        (lambda: SegDiscriminator(3, 2, patch_output=True, **NARROW_D), (1, 2, 20, 27, 33)),
+    ],
+    ids=["generator", "generator-plain", "generator-3d", "discriminator", "patch-discriminator-3d"],
+)
+def test_torchscript_matches_eager(make, shape: tuple) -> None:
+    net = make().eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "memory_format"),
+    [(2, (2, 1, 35, 51), torch.channels_last), (3, (1, 1, 20, 27, 33), torch.channels_last_3d)],
+)
+def test_channels_last_matches_contiguous(spatial_dims, shape, memory_format) -> None:
+    net = ResSEGenerator(spatial_dims, 1, 3, **(NARROW_2D if spatial_dims == 2 else NARROW_3D)).eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = net(x)
+        net = net.to(memory_format=memory_format)
+        torch.testing.assert_close(net(x.contiguous(memory_format=memory_format)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_out_act() -> None:
+    logits_net = ResSEGenerator(out_channels=3, **NARROW_2D).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        logits = logits_net(x)
+        for out_act, expected in (("sigmoid", torch.sigmoid(logits)), ("softmax", torch.softmax(logits, dim=1))):
+            net = ResSEGenerator(out_channels=3, out_act=out_act, **NARROW_2D).eval()
+            net.load_state_dict(logits_net.state_dict())
+            torch.testing.assert_close(net(x), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"encoder": "vgg"},
+        {"spatial_dims": 4},
+        {"spatial_dims": 1},
+        {"in_channels": 0},
+        {"out_act": "relu"},
+        {"out_act": "softmax", "out_channels": 1},
+        {"pad_mode": "circular"},
+        {"channels": (64, 128, 256)},
+        {"layers": (3, 4, 0, 3)},
+        {"decoder_channels": (256, 128, 64, 32)},
+        {"se_reduction": 32},
+        {"se_reduction": 0},
+        {"inception_kernels": (2,)},
+    ],
+)
+def test_generator_rejects_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ResSEGenerator(**kwargs)
+
+
+def test_generator_rejects_wrong_input_rank() -> None:
+    with pytest.raises(ValueError, match="spatial axes"):
+        ResSEGenerator(**NARROW_2D)(torch.randn(1, 1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"spatial_dims": 4}, {"in_channels": 1}, {"channels": ()}, {"channels": (8, 0)}, {"kernel_size": 2}]
+)
+def test_discriminator_rejects_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SegDiscriminator(**kwargs)
