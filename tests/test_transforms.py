@@ -68,7 +68,8 @@ def test_msd_round_trip_exact(msd_cases, chains, index):
 def test_reoriented_scan_round_trip_exact(msd_cases, chains, tmp_path):
     """An LPS copy gives the same ROI as the RAS original, and its label comes back exactly in LPS."""
     pre, post = chains
-    ras_to_lps = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("LPS"))
+    axcodes2ornt = nib.orientations.axcodes2ornt
+    ras_to_lps = nib.orientations.ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("LPS"))
     case = {}
     for key in (IMAGE, LABEL):
         path = tmp_path / f"{key}_lps.nii.gz"

@@ -65,7 +65,8 @@ def get_preprocessing(
     Steps: :func:`get_loading` (NIfTI file or DICOM series folder -> channel first -> RAS -> ``pixdim``
     spacing, image bilinear, label nearest) -> label mapping -> :class:`HippocampalROICropd` ->
     percentile rescale of the image to [0, 1] on its nonzero voxels (0.5..99.5 by default, clipped) ->
-    optional mirroring of left samples. Every geometric step is invertible, so :func:`get_postprocessing` maps a prediction back.
+    optional mirroring of left samples. Every geometric step is invertible, so :func:`get_postprocessing`
+    maps a prediction back.
 
     Args:
         mode: ``"precropped"`` (MSD-like crops; one dict out) or ``"whole_brain"`` (MNI-space scans;

@@ -116,4 +116,5 @@ class ScaleIntensityRangePercentilesNonzerod(MapTransform):
         return d
 
 
-ScaleIntensityRangePercentilesNonzeroD = ScaleIntensityRangePercentilesNonzeroDict = ScaleIntensityRangePercentilesNonzerod
+ScaleIntensityRangePercentilesNonzeroD = ScaleIntensityRangePercentilesNonzerod
+ScaleIntensityRangePercentilesNonzeroDict = ScaleIntensityRangePercentilesNonzerod

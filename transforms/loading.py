@@ -55,7 +55,7 @@ class SitkDicomSeriesReader(ImageReader):
         for folder in ensure_tuple(data):
             folder = str(folder)
             if not Path(folder).is_dir():
-                raise ValueError(f"DICOM series reader: {folder} is not a folder; expected a folder holding one series.")
+                raise ValueError(f"DICOM series reader: {folder} is not a folder; expected a folder of one series.")
             uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
             if not uids:
                 raise ValueError(f"DICOM series reader: no DICOM series in folder {folder}.")

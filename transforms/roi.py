@@ -77,7 +77,8 @@ def world_box_to_voxels(
 def _as_triple(value: Sequence[float] | Sequence[int], name: str, positive: bool = False) -> tuple[float, ...]:
     values = tuple(np.asarray(value, dtype=np.float64).ravel().tolist()) if value is not None else ()
     if len(values) != 3 or (positive and min(values) <= 0):
-        raise ValueError(f"HippocampalROICrop: {name} must be 3 {'positive ' if positive else ''}numbers (RAS x, y, z), got {value!r}.")
+        kind = "positive numbers" if positive else "numbers"
+        raise ValueError(f"HippocampalROICrop: {name} must be 3 {kind} (RAS x, y, z), got {value!r}.")
     return values
 
 
@@ -152,7 +153,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         return samples
 
     def _cut(self, img: torch.Tensor, start: np.ndarray, end: np.ndarray, side: str) -> torch.Tensor:
-        """Crop ``img`` to the voxel box ``[start, end)`` (clipped to the image) and pad it, centred, to ``roi_size``."""
+        """Crop ``img`` to the voxel box ``[start, end)`` (clipped to the image), pad it, centred, to ``roi_size``."""
         shape, roi = np.asarray(img.shape[1:]), np.asarray(self.roi_size)
         excess = np.maximum(end - start - roi, 0)
         start, end = start + excess // 2, end - (excess - excess // 2)
@@ -167,7 +168,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
 
     @staticmethod
     def _crop_pad(img: torch.Tensor, start: Sequence[int], end: Sequence[int], border: Sequence[int]) -> torch.Tensor:
-        """Crop to ``[start, end)`` then pad by ``border`` (lo, hi per axis); both update the affine, neither is traced."""
+        """Crop to ``[start, end)``, pad by ``border`` (lo, hi per axis); the affine follows, nothing is traced."""
         cropper, padder = SpatialCrop(roi_start=start, roi_end=end), BorderPad(spatial_border=list(border))
         with cropper.trace_transform(False), padder.trace_transform(False):
             return padder(cropper(img))
@@ -261,9 +262,11 @@ def merge_sides(samples: Sequence[Mapping[Hashable, torch.Tensor]], key: Hashabl
     first = maps[0]
     for i, m in enumerate(maps[1:], start=1):
         if m.shape != first.shape:
-            raise ValueError(f"merge_sides: {key!r} of sample {i} has shape {tuple(m.shape)}, expected {tuple(first.shape)}.")
+            raise ValueError(
+                f"merge_sides: {key!r} of sample {i} has shape {tuple(m.shape)}, expected {tuple(first.shape)}."
+            )
         if isinstance(m, MetaTensor) and isinstance(first, MetaTensor) and not torch.allclose(m.affine, first.affine):
-            raise ValueError(f"merge_sides: {key!r} of sample {i} is on another grid (affine differs); invert each side first.")
+            raise ValueError(f"merge_sides: {key!r} of sample {i} is on another grid (affine differs); invert first.")
     merged = torch.stack([m.as_tensor() if isinstance(m, MetaTensor) else torch.as_tensor(m) for m in maps]).amax(dim=0)
     if isinstance(first, MetaTensor):
         merged = MetaTensor(merged, meta=deepcopy(first.meta), applied_operations=deepcopy(first.applied_operations))

@@ -54,7 +54,8 @@ def sagittal_to_volume(planes: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Reshape ``(B * X, C, Y, Z)`` planes (as made by :func:`volume_to_sagittal`) back to ``(B, C, X, Y, Z)``."""
     if planes.ndim != 4 or batch_size < 1 or planes.shape[0] % batch_size:
         raise ValueError(
-            f"sagittal_to_volume: expected (B * X, C, Y, Z) planes with B = {batch_size}, got shape {tuple(planes.shape)}."
+            f"sagittal_to_volume: expected (B * X, C, Y, Z) planes with B = {batch_size}, "
+            f"got shape {tuple(planes.shape)}."
         )
     n, c, y, z = planes.shape
     return _plain(planes).reshape(batch_size, n // batch_size, c, y, z).permute(0, 2, 1, 3, 4)
