@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import RandomizableTrait, Transform
 from nibabel.processing import resample_from_to, vox2out_vox
 
 from hippogan.transforms import (
@@ -167,3 +168,10 @@ def test_dicom_reader_rejects_bad_folders(tmp_path):
 def test_get_preprocessing_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_preprocessing(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["precropped", "whole_brain"])
+def test_preprocessing_is_fully_cacheable(mode):
+    """No step is random or a nested Compose, so CacheDataset caches the whole chain."""
+    pre = get_preprocessing(mode=mode, mirror=True)
+    assert pre.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)) is None

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, decollate_batch, list_data_collate
 
 from hippogan.transforms import (
     DEFAULT_BOX_SIZE,
@@ -23,6 +23,7 @@ from hippogan.transforms import (
     get_postprocessing,
     get_preprocessing,
     merge_sides,
+    sagittal_inferer,
     world_box_to_voxels,
 )
 
@@ -113,6 +114,24 @@ def test_whole_brain_round_trip_exact_inside_boxes(mni, mirror):
     assert merged.shape == (1, *expected.shape)
     np.testing.assert_array_equal(merged[0].numpy(), expected)
     np.testing.assert_allclose(merged.affine.numpy(), mni["affine"])
+
+
+def test_whole_brain_inference_path(mni):
+    """collate -> SliceInferer (2D net) -> decollate -> argmax + Invertd -> merge_sides: class 1 fills the boxes."""
+    net = torch.nn.Conv2d(1, 3, kernel_size=1)
+    torch.nn.init.zeros_(net.weight)
+    with torch.no_grad():
+        net.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    pre = get_preprocessing(mode="whole_brain", with_label=False, mirror=True)
+    batch = list_data_collate(pre({IMAGE: mni[IMAGE]}))
+    with torch.no_grad():
+        batch[PRED] = sagittal_inferer()(batch[IMAGE], net)
+    post = get_postprocessing(pre)
+    merged = merge_sides([post(sample) for sample in decollate_batch(batch)])
+    expected = np.zeros(mni["labels"].shape, dtype=np.float32)
+    for center in (DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER):
+        expected[tuple(slice(s, e) for s, e in zip(*world_box_to_voxels(mni["affine"], center, DEFAULT_BOX_SIZE)))] = 1
+    np.testing.assert_array_equal(merged[0].numpy(), expected)
 
 
 @pytest.mark.parametrize("side, flipped", [("left", True), ("right", False), ("unknown", False)])

@@ -86,7 +86,8 @@ def get_preprocessing(
     if len(tuple(percentiles)) != 2:
         raise ValueError(f"get_preprocessing: percentiles must be (lower, upper), got {percentiles!r}.")
     keys = (IMAGE, LABEL) if with_label else (IMAGE,)
-    transforms = [get_loading(with_label=with_label, pixdim=pixdim)]
+    # a flat list: CacheDataset stops caching at a nested Compose (Compose is Randomizable)
+    transforms = list(get_loading(with_label=with_label, pixdim=pixdim).transforms)
     if with_label and label_map is not None:
         transforms.append(MapLabelsd(LABEL, label_map))
     transforms += [

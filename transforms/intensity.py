@@ -110,6 +110,7 @@ class ScaleIntensityRangePercentilesNonzerod(MapTransform):
         )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Return a copy of ``data`` with each key's image rescaled."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.scaler(d[key])

@@ -43,6 +43,7 @@ class MirrorSided(MapTransform, InvertibleTransform):
         self.flipper = Flip(spatial_axis=0)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Flip each key along x when ``data[side_key]`` is ``mirror_side``; record the choice either way."""
         d = dict(data)
         flip = d.get(self.side_key) == self.mirror_side
         for key in self.key_iterator(d):
@@ -55,6 +56,7 @@ class MirrorSided(MapTransform, InvertibleTransform):
         return d
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Flip back the keys that were flipped."""
         d = dict(data)
         for key in self.key_iterator(d):
             if self.pop_transform(d[key])[TraceKeys.EXTRA_INFO]["flipped"]:

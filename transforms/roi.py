@@ -212,6 +212,7 @@ class HippocampalROICropd(MapTransform, InvertibleTransform, MultiSampleTrait):
         self.side_key = side_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor] | list[dict]:
+        """Return the ROI sample (precropped) or the ``[left, right]`` samples (whole_brain) of ``data``."""
         d = dict(data)
         if self.cropper.mode == "precropped":
             for key in self.key_iterator(d):
@@ -229,6 +230,7 @@ class HippocampalROICropd(MapTransform, InvertibleTransform, MultiSampleTrait):
         return samples
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Put each key's ROI map back on its input grid (one sample: one side in whole-brain mode)."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.cropper.inverse(d[key])
