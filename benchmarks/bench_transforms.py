@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     build = time.perf_counter() - start
     cached_rate = _epoch_rate(cached, args.epochs)
     logger.info("data loading without cache: %.1f cases/s (%d epochs)", plain_rate, args.epochs)
-    logger.info("data loading with CacheDataset: %.0f cases/s (%d epochs; cache built in %.1f s)", cached_rate, args.epochs, build)
+    logger.info(
+        "data loading with CacheDataset: %.0f cases/s (%d epochs; cache built in %.1f s)", cached_rate, args.epochs, build
+    )
     return 0
 
 
