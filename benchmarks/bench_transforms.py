@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     cached_rate = _epoch_rate(cached, args.epochs)
     logger.info("data loading without cache: %.1f cases/s (%d epochs)", plain_rate, args.epochs)
     logger.info(
-        "data loading with CacheDataset: %.0f cases/s (%d epochs; cache built in %.1f s)", cached_rate, args.epochs, build
+        "data loading with CacheDataset: %.0f cases/s (%d epochs; cache built in %.1f s)",
+        cached_rate,
+        args.epochs,
+        build,
     )
     return 0
 
