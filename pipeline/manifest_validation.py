@@ -17,10 +17,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.utils import CommonKeys
+from monai.utils import CommonKeys, MetaKeys
 from tqdm import tqdm
 
 from hippogan.transforms.labels import LabelMap, MapLabels, parse_label_map
+from hippogan.transforms.loading import SitkDicomSeriesReader
 
 __all__ = ["SUBJECT_ID", "LABEL_VALUES", "AFFINE_ATOL_MM", "ManifestError", "read_volume", "validate_manifest"]
 
@@ -36,7 +37,6 @@ SUBJECT_ID = "subject_id"
 """The manifest key of the subject identifier (image and label keys are MONAI's ``CommonKeys``)."""
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 class ManifestError(ValueError):
@@ -61,22 +61,14 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read the one DICOM series in ``folder`` as ``(array (X, Y, Z), RAS affine 4x4 in mm)``."""
     import SimpleITK as sitk  # lazy: the package must import without SimpleITK
 
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise _BadFile("no DICOM series in folder")
     if len(series) > 1:
         raise _BadFile(f"{len(series)} DICOM series in one folder (expected one): {', '.join(series)}")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    image = reader.Execute()
-    array = sitk.GetArrayFromImage(image)
-    dim = image.GetDimension()
-    array = array.transpose(tuple(reversed(range(dim))) + tuple(range(dim, array.ndim)))
-    affine = np.eye(4)
-    direction = np.reshape(image.GetDirection(), (dim, dim))
-    affine[:dim, :dim] = _LPS_TO_RAS[:dim, :dim] @ direction @ np.diag(image.GetSpacing())
-    affine[:dim, 3] = _LPS_TO_RAS[:dim, :dim] @ np.asarray(image.GetOrigin())
-    return array, affine
+    reader = SitkDicomSeriesReader(series_uid=series[0])
+    array, meta = reader.get_data(reader.read(folder))
+    return array, meta[MetaKeys.AFFINE]
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
