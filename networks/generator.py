@@ -32,7 +32,7 @@ _PAD_MODES = ("constant", "reflect", "replicate")
 
 
 class ResSEGenerator(nn.Module):
-    """Res-SEblock generator: ResNet34 encoder, SE + Inception decoder, label-map head (Deng et al. 2022).
+    """Res-SEblock generator: ResNet34 encoder, SE + Inception decoder, label-map head (Deng et al., section 2.1).
 
     Encoder: :class:`~hippogan.networks.encoders.ResNetFeatureEncoder` (MONAI ``ResNet``; five feature
     maps at strides 2-32). Decoder: five :class:`~hippogan.networks.blocks.SEDecoderBlock` (upsample,
