@@ -34,7 +34,7 @@ class ResNetFeatureEncoder(ResNet):
     16, 32 (ceil-divided for sizes that are not multiples).
 
     Raises:
-        ValueError: unknown ``encoder``, or ``channels``/``layers`` not four positive integers.
+        ValueError: ``spatial_dims`` not 2 or 3, unknown ``encoder``, or ``channels``/``layers`` not four positive integers.
     """
 
     reduction: int = 32
@@ -47,6 +47,8 @@ class ResNetFeatureEncoder(ResNet):
         layers: Sequence[int] = (3, 4, 6, 3),
         encoder: str = "residual",
     ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if encoder not in ENCODER_BLOCKS:
             raise ValueError(f"encoder must be one of {sorted(ENCODER_BLOCKS)}, got {encoder!r}.")
         for name, values in (("channels", channels), ("layers", layers)):

@@ -11,7 +11,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from .blocks import SEDecoderBlock
-from .encoders import ENCODER_BLOCKS, ResNetFeatureEncoder
+from .encoders import ResNetFeatureEncoder
 
 __all__ = ["ResSEGenerator", "ABLATION_VARIANTS"]
 
@@ -90,10 +90,6 @@ class ResSEGenerator(nn.Module):
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        if encoder not in ENCODER_BLOCKS:
-            raise ValueError(f"encoder must be one of {sorted(ENCODER_BLOCKS)}, got {encoder!r}.")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
         if out_act not in _OUT_ACTS:

@@ -97,12 +97,20 @@ def test_generator_from_config_parser() -> None:
 
 @pytest.mark.parametrize("config", _readme_configs(), ids=lambda c: c["_target_"].rsplit(".", 1)[-1])
 def test_readme_configs_build_and_have_the_documented_shapes(config: dict) -> None:
-    """networks/README.md's generators (ours, MONAI UNet, AttentionUnet) and discriminator, 2D 64x64."""
+    """networks/README.md's generators (ours, MONAI UNet, AttentionUnet) and discriminator, 2D 64x64.
+
+    Every generator's output, as probabilities, conditions a SegDiscriminator with the image.
+    """
     net = _build(config).eval()
+    x = torch.randn(2, config["in_channels"], 64, 64)
     with torch.no_grad():
-        y = net(torch.randn(2, config["in_channels"], 64, 64))
-    expected = (2, 1) if config["_target_"].endswith("SegDiscriminator") else (2, config["out_channels"], 64, 64)
-    assert y.shape == expected
+        y = net(x)
+        if config["_target_"].endswith("SegDiscriminator"):
+            assert y.shape == (2, 1)
+            return
+        assert y.shape == (2, config["out_channels"], 64, 64)
+        discriminator = SegDiscriminator(2, x.shape[1] + y.shape[1], **NARROW_D)
+        assert discriminator(torch.cat([x, y.sigmoid()], dim=1)).shape == (2, 1)
 
 
 @pytest.mark.parametrize(
