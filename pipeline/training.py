@@ -1,0 +1,303 @@
+"""Helpers of the bundle's training config (``bundles/hippocampus_resse_gan/configs/train.yaml``).
+
+The config stays declarative: everything beyond a one-line ``$`` expression lives here.
+
+- :func:`load_training_datalist`: manifest -> validated, labelled datalist (every bad row named at once).
+- :class:`SagittalSliceDataset` + :class:`SetEpochHandler`: the paper's 2D training samples, 64x64 sagittal
+  planes of the cached 3D ROI volumes; every plane holding hippocampus plus a share of the empty ones,
+  re-drawn at each epoch.
+- :class:`GanProgressBar`: the trainer's tqdm bar as a config handler.
+- :func:`prepare_output_dir`, :func:`resume_training`: clear errors before any work.
+- :func:`export_generator`: the explicit step that writes the shippable generator weights (``models/model.pt``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from ignite.engine import Events
+from monai.data import MetaTensor
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from torch.utils.data import Dataset
+
+from hippogan.pipeline.checkpoint import CheckpointHandler, atomic_save, load_checkpoint, resume
+from hippogan.pipeline.manifest import SUBJECT_ID, load_manifest
+from hippogan.pipeline.manifest_validation import validate_manifest
+from hippogan.pipeline.trainer import attach_progress_bar
+from hippogan.transforms.keys import IMAGE, LABEL
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = [
+    "GanProgressBar",
+    "SagittalSliceDataset",
+    "SetEpochHandler",
+    "export_generator",
+    "load_training_datalist",
+    "prepare_output_dir",
+    "resume_training",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def load_training_datalist(
+    manifest: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    label_map: str | Mapping | None = None,
+    num_workers: int | None = None,
+) -> list[dict]:
+    """Load a manifest for training and check every row before any work.
+
+    Args:
+        manifest: CSV ``subject_id,image,label,fold`` (see :mod:`hippogan.pipeline.manifest`).
+        dataset_dir: root that the manifest's relative paths resolve against.
+        label_map: label-map spec applied before the label-value check (the same one the
+            pre-processing applies); ``None`` checks values as stored.
+        num_workers: reader threads of the validation (``None``: ``min(4, CPUs)``).
+
+    Returns:
+        One dict a row: ``subject_id``, ``image`` and ``label`` (absolute paths), ``fold``.
+
+    Raises:
+        ValueError: the manifest or dataset folder is missing, a row has no label, or any row is bad
+            (a :class:`~hippogan.pipeline.manifest_validation.ManifestError` listing every file and reason).
+    """
+    manifest, dataset_dir = Path(manifest), Path(dataset_dir)
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest}: not found; expected a CSV subject_id,image,label,fold (config key 'manifest').")
+    if not dataset_dir.is_dir():
+        raise ValueError(f"dataset_dir {dataset_dir}: not a folder; the manifest's paths resolve against it (config key 'dataset_dir').")
+    rows = load_manifest(manifest, dataset_dir)
+    unlabelled = [str(row[SUBJECT_ID]) for row in rows if LABEL not in row]
+    if unlabelled:
+        raise ValueError(f"manifest {manifest}: training needs a label for every row; none for {', '.join(unlabelled)}.")
+    try:
+        validate_manifest(rows, label_map, num_workers=num_workers)
+    except ValueError as error:
+        raise type(error)(f"manifest {manifest} (dataset_dir {dataset_dir}): {error}") from error
+    logger.info("manifest %s: %d labelled subjects, all files valid", manifest, len(rows))
+    return rows
+
+
+def _plain(value: Any) -> torch.Tensor:
+    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+
+
+class SagittalSliceDataset(Dataset):
+    """2D sagittal planes of preprocessed 3D ROI volumes: every plane holding label plus a share of the empty ones.
+
+    The volumes are read once (from a ``CacheDataset`` with ``copy_cache=False`` the planes are views of the
+    cache: no second copy). Which empty planes are kept is drawn anew by :meth:`set_epoch` with a generator
+    seeded ``seed + epoch``, so a resumed run draws what the uninterrupted run drew. The number of planes, and
+    so ``len(self)``, stays the same at every epoch (``DistributedSampler`` and ``epoch_length`` need that).
+
+    Args:
+        volumes: indexable samples, each ``{key: (C, X, Y, Z)}`` (e.g. a ``CacheDataset`` of
+            :func:`~hippogan.transforms.chains.get_preprocessing` outputs: ``(1, 48, 64, 64)``).
+        empty_fraction: share in ``[0, 1]`` of the planes without label kept at each epoch.
+        seed: seed of the empty-plane draw.
+        keys: keys sliced in step (same plane for image and label).
+        label_key: key whose non-zero voxels mark a plane as labelled.
+
+    Items: ``{key: (C, Y, Z)}`` plain float tensors (``(1, 64, 64)`` for the default ROI).
+
+    Raises:
+        ValueError: ``empty_fraction`` outside [0, 1], no volumes, a missing key, or volumes whose keys
+            differ in shape (the message names the sample).
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Mapping[Hashable, Any]],
+        empty_fraction: float = 0.1,
+        seed: int = 0,
+        keys: Sequence[Hashable] = (IMAGE, LABEL),
+        label_key: Hashable = LABEL,
+    ) -> None:
+        if not 0.0 <= float(empty_fraction) <= 1.0:
+            raise ValueError(f"SagittalSliceDataset: empty_fraction must be in [0, 1], got {empty_fraction}.")
+        if label_key not in keys:
+            raise ValueError(f"SagittalSliceDataset: label_key {label_key!r} must be one of keys {list(keys)}.")
+        if len(volumes) == 0:
+            raise ValueError("SagittalSliceDataset: no volumes to slice (empty training set).")
+        self.keys = tuple(keys)
+        self.seed = int(seed)
+        self.volumes: list[dict[Hashable, torch.Tensor]] = []
+        labelled, empty = [], []
+        for index in range(len(volumes)):
+            sample = volumes[index]
+            name = sample.get(SUBJECT_ID, f"volume {index}")
+            missing = [key for key in self.keys if key not in sample]
+            if missing:
+                raise ValueError(f"SagittalSliceDataset: {name} lacks keys {missing}; it has {list(sample)}.")
+            tensors = {key: _plain(sample[key]) for key in self.keys}
+            shapes = {str(key): tuple(t.shape) for key, t in tensors.items()}
+            spatial = {shape[1:] for shape in shapes.values()}
+            if any(len(shape) != 4 for shape in shapes.values()) or len(spatial) != 1:
+                raise ValueError(f"SagittalSliceDataset: {name}: expected (C, X, Y, Z) volumes of one size, got {shapes}.")
+            has_label = tensors[label_key].transpose(0, 1).flatten(1).ne(0).any(dim=1)
+            for x, flag in enumerate(has_label.tolist()):
+                (labelled if flag else empty).append((index, x))
+            self.volumes.append(tensors)
+        self.labelled = torch.tensor(labelled, dtype=torch.long).reshape(-1, 2)
+        self.empty = torch.tensor(empty, dtype=torch.long).reshape(-1, 2)
+        self.n_empty_kept = int(round(float(empty_fraction) * len(self.empty)))
+        self._max_planes = max(v[label_key].shape[1] for v in self.volumes)
+        self.epoch = 0
+        self.index = self.labelled
+        self.set_epoch(0)
+        logger.info(
+            "%d volumes: %d labelled sagittal planes + %d of %d empty ones per epoch",
+            len(self.volumes), len(self.labelled), self.n_empty_kept, len(self.empty),
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the empty planes of ``epoch`` (reproducible: seeded ``seed + epoch``)."""
+        self.epoch = int(epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        kept = self.empty[torch.randperm(len(self.empty), generator=generator)[: self.n_empty_kept]]
+        index = torch.cat([self.labelled, kept])
+        self.index = index[torch.argsort(index[:, 0] * self._max_planes + index[:, 1])]  # volume-major order
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[Hashable, torch.Tensor]:
+        volume, x = self.index[item].tolist()
+        return {key: self.volumes[volume][key][:, x] for key in self.keys}
+
+
+class SetEpochHandler:
+    """ignite handler calling ``target.set_epoch(engine.state.epoch)`` at every ``EPOCH_STARTED``.
+
+    Attach it to the trainer for a dataset whose samples change per epoch (:class:`SagittalSliceDataset`);
+    ignite builds each epoch's data iterator after ``EPOCH_STARTED``, so the new draw reaches the workers.
+
+    Args:
+        target: any object with ``set_epoch(epoch: int)``.
+    """
+
+    def __init__(self, target: Any) -> None:
+        if not callable(getattr(target, "set_epoch", None)):
+            raise ValueError(f"SetEpochHandler: target {type(target).__name__} has no set_epoch(epoch) method.")
+        self.target = target
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s ``EPOCH_STARTED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.target.set_epoch(engine.state.epoch)
+
+
+class GanProgressBar:
+    """Config handler wrapping :func:`~hippogan.pipeline.trainer.attach_progress_bar` (tqdm bar of the four losses).
+
+    Args:
+        persist: keep each finished epoch's bar on screen.
+        tqdm_kwargs: other ``tqdm`` arguments (``ncols``, ``mininterval``, ...).
+    """
+
+    def __init__(self, persist: bool = False, **tqdm_kwargs: Any) -> None:
+        self.persist = persist
+        self.tqdm_kwargs = tqdm_kwargs
+
+    def attach(self, engine: Engine) -> None:
+        """Attach the bar to ``engine`` (the trainer)."""
+        attach_progress_bar(engine, persist=self.persist, **self.tqdm_kwargs)
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the run's output folder and check it is writable, before any work.
+
+    Raises:
+        ValueError: the folder cannot be created or written (the message names it).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"output_dir {path}: cannot create or write it ({error.strerror or error}); "
+            "pass a writable folder (config key 'output_dir')."
+        ) from error
+    return path
+
+
+def resume_training(
+    trainer: Engine, checkpoint: str | os.PathLike | bool | None, checkpoint_handler: CheckpointHandler | None = None
+) -> dict | None:
+    """Continue a run where it stopped: :func:`hippogan.pipeline.checkpoint.resume` behind the config key ``resume``.
+
+    Args:
+        trainer: the freshly built trainer.
+        checkpoint: ``False``/``None``/``""`` (start afresh), ``True`` (the handler's ``last.pt``) or a
+            checkpoint path.
+        checkpoint_handler: the run's :class:`CheckpointHandler`; its best-metric tracker is restored too.
+
+    Returns:
+        the config stored in the checkpoint, or ``None`` when not resuming.
+
+    Raises:
+        ValueError: the checkpoint is missing or does not fit the trainer (nothing is loaded or written then).
+    """
+    if isinstance(checkpoint, str) and checkpoint.strip().lower() in ("", "false", "none", "true"):
+        checkpoint = checkpoint.strip().lower() == "true"
+    if checkpoint is None or checkpoint is False:
+        return None
+    if checkpoint is True:
+        if checkpoint_handler is None:
+            raise ValueError("resume=true needs the run's CheckpointHandler to find last.pt; pass a checkpoint path.")
+        checkpoint = checkpoint_handler.last_path
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"resume: checkpoint {path} not found (config key 'resume').")
+    return resume(trainer, path, checkpoint_handler)
+
+
+def export_generator(
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    fp16: bool = True,
+    key: str = "g_network",
+) -> Path:
+    """Write the shippable generator weights (the bundle's ``models/model.pt``) from a training checkpoint.
+
+    The file is a plain ``state_dict`` (``torch.load(..., weights_only=True)``), ``DistributedDataParallel``'s
+    ``module.`` prefix removed, floating-point tensors cast to float16 when ``fp16`` (half the size;
+    ``load_state_dict`` casts them back into a float32 network). Written atomically.
+
+    Args:
+        checkpoint: ``best.pt`` or ``last.pt`` of a run.
+        out_path: the weights file to write.
+        fp16: store floating-point tensors as float16.
+        key: the network to export (``"g_network"``, or ``"d_network"``).
+
+    Returns:
+        ``out_path`` as a ``Path``.
+
+    Raises:
+        ValueError: the checkpoint is unreadable or lacks ``key``.
+    """
+    state = load_checkpoint(checkpoint, "cpu")
+    if key not in state:
+        raise ValueError(f"checkpoint {checkpoint} has no '{key}'; it holds {sorted(state)}.")
+    weights = OrderedDict(state[key])
+    consume_prefix_in_state_dict_if_present(weights, "module.")
+    if fp16:
+        weights = OrderedDict((name, t.half() if t.is_floating_point() else t) for name, t in weights.items())
+    path = atomic_save(weights, out_path)
+    epoch = state.get("engine", {}).get("epoch")
+    logger.info("exported %s of %s (epoch %s) to %s%s", key, checkpoint, epoch, path, " (float16)" if fp16 else "")
+    return path
