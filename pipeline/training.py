@@ -83,7 +83,7 @@ def load_training_datalist(
     try:
         validate_manifest(rows, label_map, num_workers=num_workers)
     except ValueError as error:
-        raise type(error)(f"manifest {manifest} (dataset_dir {dataset_dir}): {error}") from error
+        raise ValueError(f"manifest {manifest} (dataset_dir {dataset_dir}): {error}") from error
     logger.info("manifest %s: %d labelled subjects, all files valid", manifest, len(rows))
     return rows
 
@@ -288,8 +288,10 @@ def export_generator(
         ``out_path`` as a ``Path``.
 
     Raises:
-        ValueError: the checkpoint is unreadable or lacks ``key``.
+        ValueError: the checkpoint is missing, unreadable or lacks ``key``.
     """
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint {checkpoint}: not found (expected best.pt or last.pt of a training run).")
     state = load_checkpoint(checkpoint, "cpu")
     if key not in state:
         raise ValueError(f"checkpoint {checkpoint} has no '{key}'; it holds {sorted(state)}.")

@@ -1,0 +1,224 @@
+"""k-fold cross-validation of the bundle's training (``hippogan cv``), as in the paper (ten folds, Sect. 3.3).
+
+For each fold k: train with ``val_fold=k`` (:func:`hippogan.pipeline.train_cli.run_training`, run folder
+``OUTPUT_DIR/fold_k``), segment the fold's scans with the best checkpoint's generator, write the label maps as
+NIfTI on each input's own grid (``fold_k/predictions/<subject_id>.nii.gz``), and score them against the
+manifest's labels with :mod:`hippogan.pipeline.evaluation` (``fold_k/evaluation/``). Then one table:
+
+- ``cv_per_case.csv``: every case of every fold (``fold`` column added);
+- ``cv_summary.csv``: one row a fold (mean of each metric over its cases, ``n_cases``), then ``mean`` and
+  ``std`` (sample std, ddof 1) of the fold means (``n_cases`` of the ``mean`` row: all cases).
+
+The fold's volumes validate the training (``best.pt`` is picked on their ROI Dice), so these scores are
+cross-validation scores as in the paper, not a held-out test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import decollate_batch, list_data_collate
+
+from hippogan.pipeline.checkpoint import load_network_weights
+from hippogan.pipeline.evaluation import evaluate_files, summarise, write_evaluation
+from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
+from hippogan.pipeline.train_cli import add_train_arguments, parse_overrides, run_training
+from hippogan.transforms import IMAGE, PRED, get_postprocessing, get_preprocessing, sagittal_inferer
+
+__all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval", "segment_cases"]
+
+logger = logging.getLogger(__name__)
+
+CV_PER_CASE_CSV = "cv_per_case.csv"
+CV_SUMMARY_CSV = "cv_summary.csv"
+
+
+def segment_cases(
+    network: torch.nn.Module,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    roi_size: Sequence[int] = (48, 64, 64),
+    label_map: str | Mapping | None = None,
+) -> list[dict[str, Any]]:
+    """Segment pre-cropped scans with a 2D generator and write each label map as NIfTI on the scan's grid.
+
+    Each scan goes through :func:`~hippogan.transforms.get_preprocessing` (``"precropped"``), the generator runs
+    on every sagittal plane (:func:`~hippogan.transforms.sagittal_inferer`), and
+    :func:`~hippogan.transforms.get_postprocessing` takes the argmax back onto the input grid (shape and affine).
+
+    Args:
+        network: 2D generator, ``(B, 1, 64, 64)`` -> ``(B, C, 64, 64)`` logits.
+        rows: manifest rows (``subject_id``, ``image`` path, optional ``label``).
+        out_dir: folder of the label maps ``<subject_id>.nii.gz`` (uint8), created if needed.
+        device: where the network runs.
+        roi_size: ROI of the pre-processing, voxels (the training's).
+        label_map: label mapping of the pre-processing (the training's); only the labels are mapped.
+
+    Returns:
+        ``rows`` with ``"pred"`` (the written file) added, ready for
+        :func:`~hippogan.pipeline.evaluation.evaluate_files`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pre = get_preprocessing(mode="precropped", roi_size=roi_size, with_label=False, label_map=label_map)
+    post = get_postprocessing(pre)
+    inferer = sagittal_inferer()
+    network = network.to(device).eval()
+    written = []
+    for row in rows:
+        batch = list_data_collate([pre({IMAGE: row[IMAGE]})])
+        with torch.no_grad():
+            batch[PRED] = inferer(batch[IMAGE].to(device), network).cpu()
+        sample = post(decollate_batch(batch)[0])
+        labels = sample[PRED]
+        path = out_dir / f"{row[SUBJECT_ID]}.nii.gz"
+        nib.save(nib.Nifti1Image(labels[0].numpy().astype(np.uint8), np.asarray(labels.affine, dtype=np.float64)), path)
+        written.append({**row, "pred": path})
+    logger.info("wrote %d label maps to %s", len(written), out_dir)
+    return written
+
+
+def fold_table(per_case: pd.DataFrame) -> pd.DataFrame:
+    """Summarise per-case metrics by fold: one row a fold (metric means, ``n_cases``), then ``mean`` and ``std``.
+
+    Args:
+        per_case: rows of :func:`~hippogan.pipeline.evaluation.evaluate_files` with a ``fold`` column.
+
+    Returns:
+        A frame indexed by ``fold`` (the fold numbers as strings, then ``"mean"`` and ``"std"`` of the fold
+        means); NaN metrics (e.g. HD95 of an empty prediction) are skipped in each fold's mean; ``n_cases``
+        of the ``mean`` row is the number of all cases.
+
+    Raises:
+        ValueError: ``per_case`` is empty or has no ``fold`` column.
+    """
+    if per_case.empty or FOLD not in per_case:
+        raise ValueError(f"fold_table: expected per-case rows with a '{FOLD}' column, got columns {list(per_case.columns)}.")
+    rows = {}
+    for fold, cases in per_case.groupby(FOLD, sort=True):
+        summary = summarise(cases.to_dict("records"))
+        rows[str(fold)] = {**summary["mean"].to_dict(), "n_cases": len(cases)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    metrics = table.drop(columns="n_cases")
+    table.loc["mean"] = {**metrics.mean().to_dict(), "n_cases": table["n_cases"].sum()}
+    table.loc["std"] = {**metrics.std().to_dict(), "n_cases": np.nan}
+    table.index.name = FOLD
+    return table
+
+
+def run_crossval(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    folds: int | Sequence[int] = 10,
+    configs: Sequence[str | os.PathLike] = (),
+    overrides: Mapping[str, Any] | None = None,
+    bundle_root: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
+    classes: Sequence[int] | None = (1, 2),
+) -> pd.DataFrame:
+    """Train and evaluate each fold, then write the cross-validation tables (see the module docstring).
+
+    Args:
+        dataset_dir: root of the manifest's relative paths.
+        output_dir: parent of the ``fold_k`` run folders and of the two tables.
+        folds: ``N`` runs folds ``0..N-1``; a sequence runs those folds.
+        configs, overrides, bundle_root, manifest: as in :func:`hippogan.pipeline.train_cli.build_train_workflow`.
+        classes: label values also scored on their own (see :func:`~hippogan.pipeline.evaluation.evaluate_files`).
+
+    Returns:
+        the summary table (:func:`fold_table`), also written to ``OUTPUT_DIR/cv_summary.csv``.
+
+    Raises:
+        ValueError: bad input (a fold absent from the manifest, a bad manifest row, ...), naming the file or key.
+    """
+    fold_list = list(range(folds)) if isinstance(folds, int) else [int(k) for k in folds]
+    if not fold_list:
+        raise ValueError(f"folds: expected a positive count or a list of folds, got {folds!r}.")
+    output_dir = Path(output_dir)
+    per_case = []
+    for fold in fold_list:
+        fold_dir = output_dir / f"fold_{fold}"
+        logger.info("fold %d: training in %s", fold, fold_dir)
+        workflow = run_training(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
+        parser = workflow.parser
+        checkpoints = Path(parser.get_parsed_content("ckpt_dir"))
+        checkpoint = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
+        network = parser.get_parsed_content("network")  # the trained generator, given the checkpoint's weights
+        load_network_weights(checkpoint, network)
+        rows = select_folds(parser.get_parsed_content("datalist"), folds=[fold])
+        pairs = segment_cases(
+            network,
+            rows,
+            fold_dir / "predictions",
+            device=parser.get_parsed_content("device"),
+            roi_size=parser.get_parsed_content("roi_size"),
+            label_map=parser.get_parsed_content("label_map"),
+        )
+        scored = evaluate_files(pairs, classes=classes)
+        write_evaluation(scored, fold_dir / "evaluation")
+        per_case += [{FOLD: fold, "checkpoint": checkpoint.name, **row} for row in scored]
+        logger.info("fold %d: %d cases scored with %s", fold, len(scored), checkpoint)
+    table = pd.DataFrame(per_case)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output_dir / CV_PER_CASE_CSV, index=False)
+    summary = fold_table(table)
+    summary.to_csv(output_dir / CV_SUMMARY_CSV)
+    return summary
+
+
+def _cv(args: argparse.Namespace) -> int:
+    """``hippogan cv``: exit 0 on success, 2 on bad input."""
+    try:
+        summary = run_crossval(
+            args.dataset_dir,
+            args.output_dir,
+            folds=args.fold_list if args.fold_list else args.folds,
+            configs=args.config,
+            overrides=parse_overrides(args.overrides),
+            bundle_root=args.bundle_root,
+            manifest=args.manifest,
+            classes=args.classes,
+        )
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    columns = [c for c in ("dsc", "dsc_class1", "dsc_class2", "hd95", "n_cases") if c in summary]
+    logger.info("cross-validation:\n%s", summary[columns].to_string(float_format=lambda v: f"{v:.4f}"))
+    logger.info("wrote %s and %s", Path(args.output_dir) / CV_SUMMARY_CSV, Path(args.output_dir) / CV_PER_CASE_CSV)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    """argparse type of ``--fold-list``: ``"0,3"`` -> ``[0, 3]``."""
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``hippogan cv``."""
+    parser = subparsers.add_parser(
+        "cv",
+        help="k-fold cross-validation: train each fold, segment and score its scans, one summary table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_train_arguments(parser)
+    parser.add_argument("--folds", type=int, default=10, help="run folds 0..N-1 of the manifest (default: 10)")
+    parser.add_argument("--fold-list", type=_int_list, metavar="K,K,...", help="run only these folds, e.g. 0,3 (instead of --folds)")
+    parser.add_argument(
+        "--classes", type=_int_list, default=[1, 2], metavar="C,C,...",
+        help="label values also scored on their own (default: 1,2; '' scores the binary mask only)",
+    )  # fmt: skip
+    parser.set_defaults(func=_cv)

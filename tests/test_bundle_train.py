@@ -1,0 +1,258 @@
+"""The bundle's training config on real MSD cases (CPU, narrow networks, a few iterations).
+
+One short run (module fixture) feeds the checkpoint, resume, export and bad-input tests; the DDP config
+runs under ``torchrun --nproc_per_node=2`` on gloo.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+from hippogan.networks import ResSEGenerator
+from hippogan.pipeline.checkpoint import load_checkpoint
+from hippogan.pipeline.manifest import MANIFEST_COLUMNS
+from hippogan.pipeline.train_cli import BUNDLE_ROOT, parse_overrides, run_training
+from hippogan.pipeline.training import SagittalSliceDataset, export_generator, prepare_output_dir
+from hippogan.transforms import IMAGE, LABEL
+
+CONFIGS = BUNDLE_ROOT / "configs"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "meta_schema_20240725.json"
+REPO_MANIFEST = BUNDLE_ROOT.parents[1] / "data_manifests" / "msd_hippocampus.csv"
+NARROW_G = {"channels": [8, 8, 16, 16], "decoder_channels": [16, 16, 8, 8, 8], "se_reduction": 4}
+TINY = {
+    "max_epochs": 1,
+    "batch_size": 8,
+    "num_workers": 0,
+    "val_interval": 1,
+    "empty_fraction": 0.05,
+    "train#trainer#epoch_length": 2,  # two steps an epoch
+    "d_network_def#channels": [8, 16, 16, 32],
+    **{f"network_def#{key}": value for key, value in NARROW_G.items()},
+}
+
+
+def write_manifest(path: Path, n_train: int = 4, n_val: int = 2, label_of: dict | None = None) -> Path:
+    """A manifest of the first real MSD subjects: ``n_train`` in fold 1, ``n_val`` in fold 0 (validation)."""
+    with REPO_MANIFEST.open() as f:
+        rows = list(csv.DictReader(f))[: n_train + n_val]
+    for index, row in enumerate(rows):
+        row["fold"] = 1 if index < n_train else 0
+        row["label"] = (label_of or {}).get(row["subject_id"], row["label"])
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def workflow(msd_dir: Path, manifest: Path, output_dir: Path, extra_configs: tuple[str, ...] = (), **overrides):
+    """The bundle's training ConfigWorkflow with the tiny settings."""
+    return ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.yaml"), *(str(CONFIGS / c) for c in extra_configs)],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(BUNDLE_ROOT),
+        dataset_dir=str(msd_dir),
+        manifest=str(manifest),
+        output_dir=str(output_dir),
+        **{**TINY, **overrides},
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(msd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch through initialize, check_properties, run, finalize."""
+    tmp = tmp_path_factory.mktemp("bundle_train")
+    manifest = write_manifest(tmp / "manifest.csv")
+    wf = workflow(msd_dir, manifest, tmp / "run")
+    wf.initialize()
+    missing = wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return {"manifest": manifest, "run": tmp / "run", "missing": missing, "tmp": tmp}
+
+
+def test_metadata_verifies() -> None:
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema absent: {SCHEMA}")
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_training_writes_last_and_best(trained: dict) -> None:
+    assert trained["missing"] == []
+    checkpoints = trained["run"] / "checkpoints"
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(checkpoints / name)
+        assert {"g_network", "d_network", "g_optimizer", "d_optimizer", "engine", "config"} <= set(state)
+        assert state["engine"]["epoch"] == 1 and state["engine"]["iteration"] == 2
+        assert state["config"]["val_fold"] == 0 and state["config"]["lr"] == pytest.approx(2e-4)
+    assert load_checkpoint(checkpoints / "best.pt")["best"]["best_metric_epoch"] == 1
+    assert any((trained["run"] / "tensorboard").iterdir())
+
+
+def test_resume_continues_from_saved_epoch(trained: dict, msd_dir: Path) -> None:
+    run = trained["tmp"] / "resumed"
+    run.mkdir()
+    for name in ("last.pt", "best.pt"):
+        (run / "checkpoints").mkdir(exist_ok=True)
+        (run / "checkpoints" / name).write_bytes((trained["run"] / "checkpoints" / name).read_bytes())
+    before = load_checkpoint(run / "checkpoints" / "last.pt")
+    wf = workflow(msd_dir, trained["manifest"], run, max_epochs=2, resume=True)
+    wf.initialize()
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    wf.finalize()
+    after = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert trainer.state.epoch == 2 and after["engine"]["epoch"] == 2 and after["engine"]["iteration"] == 4
+    assert after["best"]["best_metric_epoch"] in (1, 2)  # the tracker came back with the checkpoint
+    changed = [k for k, v in before["g_network"].items() if v.is_floating_point() and not torch.equal(v, after["g_network"][k])]
+    assert changed  # epoch 2 trained the restored weights
+
+
+def test_resume_incompatible_checkpoint_is_refused(trained: dict, msd_dir: Path) -> None:
+    last = trained["run"] / "checkpoints" / "last.pt"
+    before = {p.name: digest(p) for p in last.parent.iterdir()}
+    overrides = {**TINY, "max_epochs": 2, "resume": True, "network_def#channels": [8, 8, 16, 32]}
+    with pytest.raises(ValueError, match=r"last\.pt.*'g_network' does not fit"):
+        run_training(msd_dir, trained["run"], overrides=overrides, manifest=trained["manifest"])
+    assert {p.name: digest(p) for p in last.parent.iterdir()} == before
+
+
+def test_resume_missing_checkpoint(trained: dict, msd_dir: Path) -> None:
+    missing = trained["tmp"] / "nowhere.pt"
+    with pytest.raises(ValueError, match=f"checkpoint {missing} not found"):
+        run_training(msd_dir, trained["tmp"] / "r2", overrides={**TINY, "resume": str(missing)}, manifest=trained["manifest"])
+
+
+def test_missing_label_file_is_named(msd_dir: Path, tmp_path: Path) -> None:
+    bad = "labelsTr/hippocampus_999_missing.nii.gz"
+    with REPO_MANIFEST.open() as f:
+        first = next(csv.DictReader(f))["subject_id"]
+    manifest = write_manifest(tmp_path / "manifest.csv", label_of={first: bad})
+    with pytest.raises(ValueError, match=rf"{first}: .*hippocampus_999_missing\.nii\.gz: label not found"):
+        run_training(msd_dir, tmp_path / "run", overrides=TINY, manifest=manifest)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unwritable_output_dir(msd_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    manifest = write_manifest(tmp_path / "manifest.csv")
+    with pytest.raises(ValueError, match=rf"output_dir {blocker / 'run'}: cannot create or write it"):
+        run_training(msd_dir, blocker / "run", overrides=TINY, manifest=manifest)
+    with pytest.raises(ValueError, match="output_dir"):
+        prepare_output_dir(blocker)
+
+
+def test_missing_manifest_and_bad_override(tmp_path: Path, msd_dir: Path) -> None:
+    with pytest.raises(ValueError, match=rf"manifest {tmp_path / 'none.csv'}: not found"):
+        run_training(msd_dir, tmp_path / "run", overrides=TINY, manifest=tmp_path / "none.csv")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["max_epochs"])
+    assert parse_overrides(["max_epochs=3", "network_def#channels=[8, 8]", "label_map=null"]) == {
+        "max_epochs": 3,
+        "network_def#channels": [8, 8],
+        "label_map": None,
+    }
+
+
+def test_export_generator_fp16(trained: dict, tmp_path: Path) -> None:
+    out = export_generator(trained["run"] / "checkpoints" / "best.pt", tmp_path / "models" / "model.pt")
+    weights = torch.load(out, weights_only=True)
+    assert all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+    net = ResSEGenerator(spatial_dims=2, in_channels=1, out_channels=3, **NARROW_G)
+    net.load_state_dict(weights)
+    assert net(torch.rand(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="has no 'x_network'"):
+        export_generator(trained["run"] / "checkpoints" / "best.pt", tmp_path / "x.pt", key="x_network")
+
+
+def test_multi_gpu_config_trains_with_torchrun(msd_dir: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=2)
+    args: list[str] = []
+    overrides = {**TINY, "bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(msd_dir), "manifest": str(manifest)}
+    overrides["output_dir"] = str(tmp_path / "run")
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']",
+        "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+        *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["engine"]["epoch"] == 1
+    assert all(key.startswith("module.") for key in state["g_network"])  # DDP state dicts
+    weights = torch.load(export_generator(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "m.pt"), weights_only=True)
+    ResSEGenerator(spatial_dims=2, in_channels=1, out_channels=3, **NARROW_G).load_state_dict(weights)
+
+
+def _volumes() -> list[dict]:
+    """Two (1, 6, 4, 4) volumes: planes x = 1, 2 of the first and x = 4 of the second hold label."""
+    volumes = []
+    for labelled in ((1, 2), (4,)):
+        image = torch.arange(6.0).reshape(1, 6, 1, 1).expand(1, 6, 4, 4).clone()
+        label = torch.zeros(1, 6, 4, 4)
+        for x in labelled:
+            label[0, x, 1, 1] = 1
+        volumes.append({IMAGE: image, LABEL: label})
+    return volumes
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.0, 3), (0.5, 3 + 4), (1.0, 12)])
+def test_slice_dataset_keeps_labelled_planes(fraction: float, expected: int) -> None:
+    dataset = SagittalSliceDataset(_volumes(), empty_fraction=fraction, seed=3)
+    assert len(dataset) == expected
+    planes = [dataset[i] for i in range(len(dataset))]
+    assert all(p[IMAGE].shape == (1, 4, 4) and p[LABEL].shape == (1, 4, 4) for p in planes)
+    assert sum(int(p[LABEL].any()) for p in planes) == 3
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        assert len(dataset) == expected
+
+
+def test_slice_dataset_redraws_per_epoch_reproducibly() -> None:
+    dataset = SagittalSliceDataset(_volumes(), empty_fraction=0.5, seed=0)
+    draws = []
+    for epoch in range(1, 6):
+        dataset.set_epoch(epoch)
+        draws.append(dataset.index.tolist())
+    assert len({str(d) for d in draws}) > 1
+    dataset.set_epoch(3)
+    assert dataset.index.tolist() == draws[2]
+    plane = dataset[0]
+    volume, x = dataset.index[0].tolist()
+    assert torch.equal(plane[IMAGE], _volumes()[volume][IMAGE][:, x])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"empty_fraction": 1.5}, "empty_fraction"),
+        ({"label_key": "seg"}, "label_key"),
+        ({"volumes": []}, "no volumes"),
+        ({"volumes": [{IMAGE: torch.zeros(1, 6, 4, 4)}]}, "lacks keys"),
+        ({"volumes": [{IMAGE: torch.zeros(1, 6, 4, 4), LABEL: torch.zeros(1, 5, 4, 4)}]}, "one size"),
+    ],
+)
+def test_slice_dataset_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SagittalSliceDataset(**{"volumes": _volumes(), **kwargs})

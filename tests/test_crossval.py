@@ -1,0 +1,89 @@
+"""k-fold cross-validation (``hippogan cv``) and the ``hippogan train`` command on real MSD cases (CPU, tiny)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hippogan.pipeline.cli import main
+from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval, segment_cases
+from hippogan.pipeline.manifest import load_manifest
+from test_bundle_train import TINY, write_manifest
+
+TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "train#trainer#epoch_length=2", "max_epochs=1", "batch_size=8"]
+
+
+def constant_label(label: int) -> torch.nn.Module:
+    """A 2D "generator" whose argmax is ``label`` everywhere: ``(B, 1, H, W)`` -> ``(B, 3, H, W)``."""
+    net = torch.nn.Conv2d(1, 3, kernel_size=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), 3).float())
+    return net
+
+
+def test_segment_cases_writes_label_maps_on_the_input_grid(msd_dir: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "manifest.csv", n_train=0, n_val=2)
+    rows = load_manifest(manifest, msd_dir)
+    written = segment_cases(constant_label(2), rows, tmp_path / "pred")
+    for row in written:
+        pred, image = nib.load(row["pred"]), nib.load(row["image"])
+        assert pred.shape == image.shape[:3]
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+        assert np.all(np.asanyarray(pred.dataobj) == 2)  # MSD crops lie inside the 48x64x64 ROI
+
+
+def test_fold_table_means_and_std() -> None:
+    per_case = pd.DataFrame(
+        {"fold": [0, 0, 1, 1], "subject_id": list("abcd"), "dsc": [0.8, 0.6, 0.9, 0.9], "hd95": [2.0, np.nan, 1.0, 3.0]}
+    )
+    table = fold_table(per_case)
+    assert list(table.index) == ["0", "1", "mean", "std"]
+    assert table.loc["0", "dsc"] == pytest.approx(0.7) and table.loc["0", "hd95"] == pytest.approx(2.0)
+    assert table.loc["mean", "dsc"] == pytest.approx(0.8) and table.loc["std", "dsc"] == pytest.approx(math.sqrt(0.02))
+    assert table.loc["mean", "n_cases"] == 4
+    with pytest.raises(ValueError, match="'fold' column"):
+        fold_table(per_case.drop(columns="fold"))
+
+
+def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=2)  # folds 1 and 0, two cases each
+    summary = run_crossval(msd_dir, tmp_path / "cv", folds=2, overrides=TINY, manifest=manifest)
+    assert list(summary.index) == ["0", "1", "mean", "std"]
+    assert {"dsc", "dsc_class1", "dsc_class2", "hd95"} <= set(summary.columns)
+    per_case = pd.read_csv(tmp_path / "cv" / CV_PER_CASE_CSV)
+    assert sorted(per_case["fold"]) == [0, 0, 1, 1] and per_case["dsc"].between(0, 1).all()
+    assert (tmp_path / "cv" / CV_SUMMARY_CSV).is_file()
+    for fold in (0, 1):
+        assert (tmp_path / "cv" / f"fold_{fold}" / "checkpoints" / "last.pt").is_file()
+        assert len(list((tmp_path / "cv" / f"fold_{fold}" / "predictions").glob("*.nii.gz"))) == 2
+
+
+def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=1)
+    common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
+    narrow = ["network_def#channels=[8,8,16,16]", "network_def#decoder_channels=[16,16,8,8,8]", "network_def#se_reduction=4"]
+    assert main(["train", *common, "--fold", "0", *TINY_CLI, *narrow]) == 0
+    out = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
+    assert next(iter(torch.load(out, weights_only=True).values())).dtype == torch.float16
+
+
+def test_cli_bad_input_exits_2(msd_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=1)
+    common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
+    assert main(["cv", *common, "--fold-list", "7", *TINY_CLI]) == 2
+    assert "val_fold [7]" in caplog.text
+    with open(manifest, "a", newline="") as f:
+        csv.writer(f).writerow(["hippocampus_x", "imagesTr/missing.nii.gz", "labelsTr/missing.nii.gz", 1])
+    assert main(["train", *common, *TINY_CLI]) == 2
+    assert "imagesTr/missing.nii.gz: image not found" in caplog.text
+    assert main(["train", *common, "max_epochs"]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.pt")]) == 2
