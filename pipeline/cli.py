@@ -12,7 +12,7 @@ import logging
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("evaluation", "manifest", "train_cli", "crossval")
+COMMAND_MODULES = ("evaluation", "manifest", "train_cli", "crossval", "infer_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
