@@ -1,9 +1,11 @@
 """k-fold cross-validation of the bundle's training (``hippogan cv``), as in the paper (ten folds, Sect. 3.3).
 
 For each fold k: train with ``val_fold=k`` (:func:`hippogan.pipeline.train_cli.run_training`, run folder
-``OUTPUT_DIR/fold_k``), segment the fold's scans with the best checkpoint's generator, write the label maps as
-NIfTI on each input's own grid (``fold_k/predictions/<subject_id>.nii.gz``), and score them against the
-manifest's labels with :mod:`hippogan.pipeline.evaluation` (``fold_k/evaluation/``). Then one table:
+``OUTPUT_DIR/fold_k``), segment the fold's scans with the best checkpoint's generator through the bundle's
+inference code (:class:`hippogan.pipeline.inference.Segmenter`, ``"precropped"`` mode, largest-component
+clean-up unless ``lcc=False``), which writes the label maps as NIfTI on each input's own grid
+(``fold_k/predictions/<subject_id>.nii.gz``), and score them against the manifest's labels with
+:mod:`hippogan.pipeline.evaluation` (``fold_k/evaluation/``). Then one table:
 
 - ``cv_per_case.csv``: every case of every fold (``fold`` column added);
 - ``cv_summary.csv``: one row a fold (mean of each metric over its cases, ``n_cases``), then ``mean`` and
@@ -22,70 +24,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from monai.data import decollate_batch, list_data_collate
 
 from hippogan.pipeline.checkpoint import load_network_weights
 from hippogan.pipeline.evaluation import evaluate_files, summarise, write_evaluation
+from hippogan.pipeline.inference import Segmenter
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
 from hippogan.pipeline.train_cli import add_train_arguments, parse_overrides, run_training
-from hippogan.transforms import IMAGE, PRED, get_postprocessing, get_preprocessing, sagittal_inferer
+from hippogan.transforms import IMAGE
 
-__all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval", "segment_cases"]
+__all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval"]
 
 logger = logging.getLogger(__name__)
 
 CV_PER_CASE_CSV = "cv_per_case.csv"
 CV_SUMMARY_CSV = "cv_summary.csv"
-
-
-def segment_cases(
-    network: torch.nn.Module,
-    rows: Sequence[Mapping[str, Any]],
-    out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    roi_size: Sequence[int] = (48, 64, 64),
-    label_map: str | Mapping | None = None,
-) -> list[dict[str, Any]]:
-    """Segment pre-cropped scans with a 2D generator and write each label map as NIfTI on the scan's grid.
-
-    Each scan goes through :func:`~hippogan.transforms.get_preprocessing` (``"precropped"``), the generator runs
-    on every sagittal plane (:func:`~hippogan.transforms.sagittal_inferer`), and
-    :func:`~hippogan.transforms.get_postprocessing` takes the argmax back onto the input grid (shape and affine).
-
-    Args:
-        network: 2D generator, ``(B, 1, 64, 64)`` -> ``(B, C, 64, 64)`` logits.
-        rows: manifest rows (``subject_id``, ``image`` path, optional ``label``).
-        out_dir: folder of the label maps ``<subject_id>.nii.gz`` (uint8), created if needed.
-        device: where the network runs.
-        roi_size: ROI of the pre-processing, voxels (the training's).
-        label_map: label mapping of the pre-processing (the training's); only the labels are mapped.
-
-    Returns:
-        ``rows`` with ``"pred"`` (the written file) added, ready for
-        :func:`~hippogan.pipeline.evaluation.evaluate_files`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pre = get_preprocessing(mode="precropped", roi_size=roi_size, with_label=False, label_map=label_map)
-    post = get_postprocessing(pre)
-    inferer = sagittal_inferer()
-    network = network.to(device).eval()
-    written = []
-    for row in rows:
-        batch = list_data_collate([pre({IMAGE: row[IMAGE]})])
-        with torch.no_grad():
-            batch[PRED] = inferer(batch[IMAGE].to(device), network).cpu()
-        sample = post(decollate_batch(batch)[0])
-        labels = sample[PRED]
-        path = out_dir / f"{row[SUBJECT_ID]}.nii.gz"
-        nib.save(nib.Nifti1Image(labels[0].numpy().astype(np.uint8), np.asarray(labels.affine, dtype=np.float64)), path)
-        written.append({**row, "pred": path})
-    logger.info("wrote %d label maps to %s", len(written), out_dir)
-    return written
 
 
 def fold_table(per_case: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +79,7 @@ def run_crossval(
     bundle_root: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
     classes: Sequence[int] | None = (1, 2),
+    lcc: bool = True,
 ) -> pd.DataFrame:
     """Train and evaluate each fold, then write the cross-validation tables (see the module docstring).
 
@@ -134,6 +89,7 @@ def run_crossval(
         folds: ``N`` runs folds ``0..N-1``; a sequence runs those folds.
         configs, overrides, bundle_root, manifest: as in :func:`hippogan.pipeline.train_cli.build_train_workflow`.
         classes: label values also scored on their own (see :func:`~hippogan.pipeline.evaluation.evaluate_files`).
+        lcc: keep the largest connected hippocampus component, as the bundle's inference does.
 
     Returns:
         the summary table (:func:`fold_table`), also written to ``OUTPUT_DIR/cv_summary.csv``.
@@ -155,15 +111,18 @@ def run_crossval(
         checkpoint = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
         network = parser.get_parsed_content("network")  # the trained generator, given the checkpoint's weights
         load_network_weights(checkpoint, network)
-        rows = select_folds(parser.get_parsed_content("datalist"), folds=[fold])
-        pairs = segment_cases(
+        segmenter = Segmenter(
             network,
-            rows,
-            fold_dir / "predictions",
+            mode="precropped",
+            lcc=lcc,
             device=parser.get_parsed_content("device"),
-            roi_size=parser.get_parsed_content("roi_size"),
-            label_map=parser.get_parsed_content("label_map"),
+            preprocessing_kwargs={"roi_size": parser.get_parsed_content("roi_size")},
         )
+        rows = select_folds(parser.get_parsed_content("datalist"), folds=[fold])
+        written = segmenter.segment_many([(row[SUBJECT_ID], row[IMAGE]) for row in rows], fold_dir / "predictions", False)
+        if written.failures:
+            raise ValueError(f"fold {fold}: segmentation failed for {written.failures}")
+        pairs = [{**row, "pred": written.label_maps[row[SUBJECT_ID]]} for row in rows]
         scored = evaluate_files(pairs, classes=classes)
         write_evaluation(scored, fold_dir / "evaluation")
         per_case += [{FOLD: fold, "checkpoint": checkpoint.name, **row} for row in scored]
@@ -188,6 +147,7 @@ def _cv(args: argparse.Namespace) -> int:
             bundle_root=args.bundle_root,
             manifest=args.manifest,
             classes=args.classes,
+            lcc=not args.no_lcc,
         )
     except ValueError as error:
         logger.error("%s", error)
@@ -221,4 +181,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--classes", type=_int_list, default=[1, 2], metavar="C,C,...",
         help="label values also scored on their own (default: 1,2; '' scores the binary mask only)",
     )  # fmt: skip
+    parser.add_argument("--no-lcc", action="store_true", help="score the raw argmax, without the largest-component clean-up")
     parser.set_defaults(func=_cv)

@@ -13,31 +13,11 @@ import pytest
 import torch
 
 from hippogan.pipeline.cli import main
-from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval, segment_cases
+from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval
 from hippogan.pipeline.manifest import load_manifest
 from test_bundle_train import TINY, write_manifest
 
 TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "train#trainer#epoch_length=2", "max_epochs=1", "batch_size=8"]
-
-
-def constant_label(label: int) -> torch.nn.Module:
-    """A 2D "generator" whose argmax is ``label`` everywhere: ``(B, 1, H, W)`` -> ``(B, 3, H, W)``."""
-    net = torch.nn.Conv2d(1, 3, kernel_size=1)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), 3).float())
-    return net
-
-
-def test_segment_cases_writes_label_maps_on_the_input_grid(msd_dir: Path, tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.csv", n_train=0, n_val=2)
-    rows = load_manifest(manifest, msd_dir)
-    written = segment_cases(constant_label(2), rows, tmp_path / "pred")
-    for row in written:
-        pred, image = nib.load(row["pred"]), nib.load(row["image"])
-        assert pred.shape == image.shape[:3]
-        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
-        assert np.all(np.asanyarray(pred.dataobj) == 2)  # MSD crops lie inside the 48x64x64 ROI
 
 
 def test_fold_table_means_and_std() -> None:
@@ -61,9 +41,14 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
     per_case = pd.read_csv(tmp_path / "cv" / CV_PER_CASE_CSV)
     assert sorted(per_case["fold"]) == [0, 0, 1, 1] and per_case["dsc"].between(0, 1).all()
     assert (tmp_path / "cv" / CV_SUMMARY_CSV).is_file()
+    for row in load_manifest(manifest, msd_dir):  # label maps on each scan's own grid
+        pred = nib.load(tmp_path / "cv" / f"fold_{row['fold']}" / "predictions" / f"{row['subject_id']}.nii.gz")
+        image = nib.load(row["image"])
+        assert pred.shape == image.shape[:3] and pred.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
     for fold in (0, 1):
         assert (tmp_path / "cv" / f"fold_{fold}" / "checkpoints" / "last.pt").is_file()
-        assert len(list((tmp_path / "cv" / f"fold_{fold}" / "predictions").glob("*.nii.gz"))) == 2
+        assert (tmp_path / "cv" / f"fold_{fold}" / "evaluation" / "metrics_summary.csv").is_file()
 
 
 def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
