@@ -636,7 +636,8 @@ def segmenter_from_bundle(
         config_file: another inference config (default ``<bundle_root>/configs/inference.yaml``).
 
     Raises:
-        ValueError: the bundle or config file is missing.
+        ValueError: the bundle or config file is missing, or building the segmenter failed on a bad value
+            or file (e.g. weights that do not fit ``network_def``; the message names the file).
     """
     bundle_root = Path(DEFAULT_BUNDLE if bundle_root is None else bundle_root)
     config_file = Path(config_file or bundle_root / "configs" / "inference.yaml")
@@ -647,4 +648,10 @@ def segmenter_from_bundle(
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser.update({"bundle_root": str(bundle_root), **dict(overrides or {})})
-    return parser.get_parsed_content("segmenter")
+    try:
+        return parser.get_parsed_content("segmenter")
+    except RuntimeError as error:  # ConfigParser wraps the errors of "$" expressions: surface the user's error
+        cause = _root_cause(error)
+        if isinstance(cause, (ValueError, OSError)):
+            raise ValueError(f"{config_file}: {cause}") from error
+        raise

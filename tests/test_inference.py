@@ -1,0 +1,285 @@
+"""Inference API on real scans (MSD crops, DICOM series, the MNI152 whole brain) with a narrow random generator.
+
+The network comes from the bundle's ``network_def`` with narrow widths (plumbing, not accuracy) and random
+weights saved as an fp16 state dict, read through the bundle's own config (:func:`segmenter_from_bundle`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from scipy import ndimage
+
+from hippogan.pipeline.inference import (
+    DEFAULT_BUNDLE,
+    VOLUME_COLUMNS,
+    VOLUMES_CSV,
+    EmptyPlaneSkipper,
+    Segmenter,
+    choose_mode,
+    find_inputs,
+    load_generator,
+    scan_extent_mm,
+    segmenter_from_bundle,
+)
+from hippogan.transforms import IMAGE, scan_loader
+from hippogan.transforms.roi import DEFAULT_BOX_SIZE, DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER, world_box_to_voxels
+
+NARROW = {"network_def#channels": [8, 8, 16, 16], "network_def#decoder_channels": [32, 16, 16, 16, 16]}
+"""Narrow widths for plumbing tests (the bundle's network_def otherwise)."""
+CPU = {"device": "$torch.device('cpu')"}
+
+
+def save_random_weights(path: Path, overrides: dict | None = None, seed: int = 0) -> Path:
+    """Save random-init weights of the bundle's ``network_def`` (with ``overrides``) as an fp16 state dict."""
+    parser = ConfigParser()
+    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
+    parser.update(dict(overrides or {}))
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network_def")
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def narrow_weights(tmp_path_factory) -> Path:
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "model.pt", NARROW)
+
+
+@pytest.fixture(scope="module")
+def segmenter(narrow_weights) -> Segmenter:
+    return segmenter_from_bundle(overrides={**NARROW, **CPU, "ckpt_path": str(narrow_weights)})
+
+
+@pytest.fixture(scope="module")
+def msd_images(msd_dir) -> list[Path]:
+    return sorted((msd_dir / "imagesTr").glob("hippocampus_*.nii.gz"))[:2]
+
+
+@pytest.fixture(scope="module")
+def mni_path(tmp_path_factory) -> Path:
+    from nilearn.datasets import load_mni152_template
+
+    path = tmp_path_factory.mktemp("mni") / "mni152.nii.gz"
+    nib.save(load_mni152_template(resolution=1), path)
+    return path
+
+
+def _read_volumes(folder: Path) -> list[dict[str, str]]:
+    with (folder / VOLUMES_CSV).open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        assert tuple(reader.fieldnames) == VOLUME_COLUMNS
+        return list(reader)
+
+
+def _check_volumes(row: dict[str, str], labels: np.ndarray, affine: np.ndarray) -> None:
+    """The row's volumes (mm³) are the voxel counts of ``labels`` times the voxel volume of ``affine``."""
+    voxel = abs(np.linalg.det(affine[:3, :3]))
+    assert float(row["anterior_mm3"]) == pytest.approx((labels == 1).sum() * voxel)
+    assert float(row["posterior_mm3"]) == pytest.approx((labels == 2).sum() * voxel)
+    assert float(row["total_mm3"]) == pytest.approx((labels > 0).sum() * voxel)
+    assert row["status"] == "ok" and row["reason"] == ""
+
+
+def test_msd_label_maps_on_input_grid(segmenter, msd_images, tmp_path):
+    summary = segmenter.segment_many(find_inputs(msd_images), tmp_path, progress=False)
+    assert not summary.failures
+    rows = _read_volumes(tmp_path)
+    assert [r["subject"] for r in rows] == [p.name[: -len(".nii.gz")] for p in msd_images]
+    for image_path, row in zip(msd_images, rows):
+        image, pred = nib.load(image_path), nib.load(tmp_path / image_path.name)
+        assert pred.shape == image.shape
+        assert np.array_equal(pred.affine, image.affine)
+        assert pred.get_data_dtype() == np.uint8
+        labels = np.asarray(pred.dataobj)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert (row["side"], row["mode"]) == ("unknown", "precropped")
+        _check_volumes(row, labels, image.affine)
+
+
+def test_dicom_series_label_maps(segmenter, dicom_dir, tmp_path):
+    inputs = find_inputs(dicom_dir)
+    assert len(inputs) == 3 and all(path.is_dir() for _, path in inputs)
+    summary = segmenter.segment_many(inputs, tmp_path, progress=False)
+    assert not summary.failures
+    for (subject, folder), row in zip(inputs, _read_volumes(tmp_path)):
+        scan = scan_loader(IMAGE)({IMAGE: str(folder)})[IMAGE]
+        pred = nib.load(tmp_path / f"{subject}.nii.gz")
+        assert pred.shape == tuple(scan.shape)
+        np.testing.assert_allclose(pred.affine, scan.affine.numpy(), atol=1e-4)  # NIfTI stores the sform as float32
+        assert row["mode"] == "precropped"
+        _check_volumes(row, np.asarray(pred.dataobj), pred.affine)
+
+
+def test_whole_brain_two_sides_on_input_grid(segmenter, mni_path, tmp_path):
+    summary = segmenter.segment_many([("mni", mni_path)], tmp_path, progress=False)
+    assert not summary.failures
+    image, pred = nib.load(mni_path), nib.load(tmp_path / "mni.nii.gz")
+    assert pred.shape == image.shape and np.array_equal(pred.affine, image.affine)
+    labels = np.asarray(pred.dataobj)
+    rows = _read_volumes(tmp_path)
+    assert [(r["side"], r["mode"]) for r in rows] == [("left", "whole_brain"), ("right", "whole_brain")]
+    outside = np.ones(labels.shape, dtype=bool)
+    for row, center in zip(rows, (DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER)):
+        box = tuple(slice(s, e) for s, e in zip(*world_box_to_voxels(image.affine, center, DEFAULT_BOX_SIZE)))
+        outside[box] = False
+        _check_volumes(row, labels[box], image.affine)
+    assert not labels[outside].any()
+
+
+def test_auto_mode_from_field_of_view(msd_images, dicom_dir, mni_path):
+    assert choose_mode(msd_images[0]) == "precropped"
+    assert choose_mode(mni_path) == "whole_brain"
+    assert choose_mode(mni_path, "precropped") == "precropped"
+    series = sorted(p for p in dicom_dir.iterdir() if p.is_dir())[0]
+    scan = scan_loader(IMAGE)({IMAGE: str(series)})[IMAGE]
+    np.testing.assert_allclose(scan_extent_mm(series), np.asarray(scan.shape) * np.asarray(scan.pixdim), rtol=0.05)
+    assert choose_mode(series) == "precropped"
+
+
+def test_find_inputs_kinds(msd_dir, dicom_dir, tmp_path):
+    images = sorted((msd_dir / "imagesTr").glob("*.nii.gz"))[:2]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).symlink_to(image)
+    series = sorted(p for p in dicom_dir.iterdir() if p.is_dir())[0]
+    (folder / "series").symlink_to(series)
+    (folder / "notes.txt").write_text("not a scan")
+    stems = [p.name[: -len(".nii.gz")] for p in images]
+    assert [s for s, _ in find_inputs(folder)] == [*stems, "series"]
+    assert find_inputs(series) == [(series.name, series)]
+    assert find_inputs(str(images[0])) == [(stems[0], images[0])]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "subject_id,image,label,fold\n"
+        + "".join(f"{s},imagesTr/{p.name},labelsTr/{p.name},{i}\n" for i, (s, p) in enumerate(zip(stems, images)))
+    )
+    assert find_inputs(manifest, dataset_dir=msd_dir) == [(s, p) for s, p in zip(stems, images)]
+    assert find_inputs(manifest, dataset_dir=msd_dir, fold=1) == [(stems[1], images[1])]
+
+
+MANIFEST = "subject_id,image,label,fold\ns,s.nii.gz,,0\n"
+
+
+@pytest.mark.parametrize(
+    "name, content, kwargs, match",
+    [
+        ("missing.nii.gz", None, {}, "no such file or folder"),
+        (".", None, {}, "no NIfTI file"),
+        ("notes.txt", "x", {}, "expected a NIfTI file"),
+        ("m.csv", MANIFEST, {}, "needs dataset_dir"),
+        ("m.csv", MANIFEST, {"dataset_dir": ".", "fold": 3}, "no row with fold 3"),
+    ],
+)
+def test_find_inputs_rejects_bad_paths(tmp_path, name, content, kwargs, match):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=match):
+        find_inputs(tmp_path / name, **kwargs)
+
+
+def test_find_inputs_rejects_subject_id_clash(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="share subject ids.*x"):
+        find_inputs([tmp_path / "a", tmp_path / "b"])
+
+
+def test_bad_scan_fails_alone(segmenter, msd_images, tmp_path):
+    truncated = tmp_path / "inputs" / "truncated.nii.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(msd_images[0].read_bytes()[:2000])
+    not_nifti = tmp_path / "inputs" / "text.nii"
+    not_nifti.write_text("not a NIfTI file")
+    inputs = [("good", msd_images[0]), ("truncated", truncated), ("text", not_nifti)]
+    summary = segmenter.segment_many(inputs, tmp_path / "out", progress=False)
+    assert set(summary.label_maps) == {"good"} and (tmp_path / "out" / "good.nii.gz").is_file()
+    assert set(summary.failures) == {"truncated", "text"}
+    for subject, path in inputs[1:]:
+        assert str(path) in summary.failures[subject]
+    rows = _read_volumes(tmp_path / "out")
+    assert [(r["subject"], r["status"]) for r in rows] == [("good", "ok"), ("truncated", "failed"), ("text", "failed")]
+    assert rows[2]["total_mm3"] == "" and str(not_nifti) in rows[2]["reason"]
+    with pytest.raises(RuntimeError, match="2 of 3 scan"):
+        summary.raise_on_failure()
+
+
+@pytest.mark.parametrize("target", ["a_file", "a_file/below"])
+def test_unwritable_output_folder(segmenter, msd_images, tmp_path, target):
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match=f"output folder .*{target}"):
+        segmenter.segment_many([("s", msd_images[0])], tmp_path / target, progress=False)
+
+
+def test_incompatible_checkpoint_names_the_file(narrow_weights, tmp_path):
+    other = save_random_weights(tmp_path / "other.pt", {**NARROW, "network_def#channels": [8, 16, 16, 16]})
+    with pytest.raises(ValueError, match=f"weights {other} do not fit.*shapes"):
+        segmenter_from_bundle(overrides={**NARROW, **CPU, "ckpt_path": str(other)})
+    unet = torch.nn.Conv2d(1, 3, 1)
+    with pytest.raises(ValueError, match=f"weights {narrow_weights} do not fit the network Conv2d.*missing keys"):
+        load_generator(narrow_weights, unet)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=f"cannot read weights {garbage}"):
+        load_generator(garbage, unet)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_generator(tmp_path / "missing.pt", unet)
+
+
+def test_empty_prediction_gives_empty_map_and_warning(msd_images, tmp_path, caplog):
+    background = torch.nn.Conv2d(1, 3, kernel_size=1)
+    with torch.no_grad():
+        background.weight.zero_()
+        background.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    with caplog.at_level(logging.WARNING, logger="hippogan.pipeline.inference"):
+        summary = Segmenter(background, mode="precropped").segment_many([("s", msd_images[0])], tmp_path, progress=False)
+    assert "no hippocampus found" in caplog.text and "s:" in caplog.text
+    assert not np.asarray(nib.load(summary.label_maps["s"]).dataobj).any()
+    assert float(_read_volumes(tmp_path)[0]["total_mm3"]) == 0.0
+
+
+def test_largest_component_per_side(segmenter, msd_images):
+    labels = torch.zeros(1, 20, 20, 20, dtype=torch.uint8)
+    labels[0, 2:6, 2:6, 2:6] = 1  # 64 voxels, label 1 touching label 2 below: one component of 128
+    labels[0, 6:10, 2:6, 2:6] = 2
+    labels[0, 14:17, 14:17, 14:17] = 2  # 27 voxels apart
+    kept = Segmenter._largest_component(labels)
+    assert int((kept == 1).sum()) == 64 and int((kept == 2).sum()) == 64 and not kept[0, 14:, 14:, 14:].any()
+    result = segmenter.segment(msd_images[0])
+    assert ndimage.label(result.label_map > 0, structure=np.ones((3, 3, 3)))[1] <= 1
+
+
+def test_empty_plane_skipper_matches_the_network():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 3, 1))
+    network.eval()
+    x = torch.rand(6, 1, 16, 16)
+    x[[0, 3, 5]] = 0
+    with torch.inference_mode():
+        np.testing.assert_allclose(EmptyPlaneSkipper(network)(x), network(x), atol=1e-6)
+        np.testing.assert_allclose(EmptyPlaneSkipper(network)(torch.zeros(2, 1, 16, 16)), network(torch.zeros(2, 1, 16, 16)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"mode": "brain"}, "unknown mode"), ({"preprocessing_kwargs": {"mode": "whole_brain"}}, "must not set")],
+)
+def test_segmenter_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Segmenter(torch.nn.Conv2d(1, 3, 1), **kwargs)
+
+
+def test_segmenter_from_bundle_needs_a_config(tmp_path):
+    shutil.copytree(DEFAULT_BUNDLE / "configs", tmp_path / "configs", ignore=shutil.ignore_patterns("inference.yaml"))
+    with pytest.raises(ValueError, match="inference.yaml not found"):
+        segmenter_from_bundle(tmp_path)
