@@ -17,7 +17,7 @@ from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_tab
 from hippogan.pipeline.manifest import load_manifest
 from test_bundle_train import TINY, write_manifest
 
-TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "train#trainer#epoch_length=2", "max_epochs=1", "batch_size=8"]
+TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "max_epochs=1", "batch_size=16"]
 
 
 def test_fold_table_means_and_std() -> None:
@@ -34,7 +34,7 @@ def test_fold_table_means_and_std() -> None:
 
 
 def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=2)  # folds 1 and 0, two cases each
+    manifest = write_manifest(tmp_path / "manifest.csv", n_val=2)  # folds 1 and 0, two cases each
     summary = run_crossval(msd_dir, tmp_path / "cv", folds=2, overrides=TINY, manifest=manifest)
     assert list(summary.index) == ["0", "1", "mean", "std"]
     assert {"dsc", "dsc_class1", "dsc_class2", "hd95"} <= set(summary.columns)
@@ -52,7 +52,7 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=1)
+    manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
     common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
     narrow = ["network_def#channels=[8,8,16,16]", "network_def#decoder_channels=[16,16,8,8,8]", "network_def#se_reduction=4"]
     assert main(["train", *common, "--fold", "0", *TINY_CLI, *narrow]) == 0
@@ -62,7 +62,7 @@ def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_bad_input_exits_2(msd_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    manifest = write_manifest(tmp_path / "manifest.csv", n_train=2, n_val=1)
+    manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
     common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
     assert main(["cv", *common, "--fold-list", "7", *TINY_CLI]) == 2
     assert "val_fold [7]" in caplog.text
