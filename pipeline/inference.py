@@ -70,6 +70,7 @@ __all__ = [
     "save_label_map",
     "scan_extent_mm",
     "segmenter_from_bundle",
+    "voxel_volume_mm3",
     "write_volumes_csv",
 ]
 
@@ -155,6 +156,9 @@ class EmptyPlaneSkipper:
     In eval mode a 2D network maps each plane independently, so this is exact (up to floating-point
     rounding); the ROI's zero padding (5-17 of 48 sagittal planes for an MSD crop) then costs nothing.
 
+    The zero-plane output is computed once per plane shape, dtype and device: use one skipper per
+    precision setting (e.g. with or without autocast).
+
     Args:
         network: the 2D network ``(N, C, H, W) -> (N, C_out, H, W)``, in eval mode.
     """
@@ -168,7 +172,7 @@ class EmptyPlaneSkipper:
         empty = ~x.flatten(1).any(dim=1)
         if not bool(empty.any()):
             return self.network(x)
-        key = (tuple(x.shape[1:]), x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
         if key not in self._zero_out:
             self._zero_out[key] = self.network(x.new_zeros((1, *x.shape[1:])))
         zero_out = self._zero_out[key]
@@ -417,7 +421,8 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
 
 
 def _side_volumes(side: str, labels: torch.Tensor, voxel_mm3: float) -> SideVolumes:
-    anterior, posterior = (int((labels == value).sum()) * voxel_mm3 for value in (1, 2))
+    counts = np.bincount(labels.numpy().ravel(), minlength=3)
+    anterior, posterior = float(counts[1]) * voxel_mm3, float(counts[2]) * voxel_mm3
     return SideVolumes(side=side, total_mm3=anterior + posterior, anterior_mm3=anterior, posterior_mm3=posterior)
 
 
