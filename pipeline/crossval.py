@@ -57,7 +57,9 @@ def fold_table(per_case: pd.DataFrame) -> pd.DataFrame:
         ValueError: ``per_case`` is empty or has no ``fold`` column.
     """
     if per_case.empty or FOLD not in per_case:
-        raise ValueError(f"fold_table: expected per-case rows with a '{FOLD}' column, got columns {list(per_case.columns)}.")
+        raise ValueError(
+            f"fold_table: expected per-case rows with a '{FOLD}' column, got columns {list(per_case.columns)}."
+        )
     rows = {}
     for fold, cases in per_case.groupby(FOLD, sort=True):
         summary = summarise(cases.to_dict("records"))
@@ -119,7 +121,8 @@ def run_crossval(
             preprocessing_kwargs={"roi_size": parser.get_parsed_content("roi_size")},
         )
         rows = select_folds(parser.get_parsed_content("datalist"), folds=[fold])
-        written = segmenter.segment_many([(row[SUBJECT_ID], row[IMAGE]) for row in rows], fold_dir / "predictions", False)
+        inputs = [(row[SUBJECT_ID], row[IMAGE]) for row in rows]
+        written = segmenter.segment_many(inputs, fold_dir / "predictions", progress=False)
         if written.failures:
             raise ValueError(f"fold {fold}: segmentation failed for {written.failures}")
         pairs = [{**row, "pred": written.label_maps[row[SUBJECT_ID]]} for row in rows]
@@ -176,10 +179,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_train_arguments(parser)
     parser.add_argument("--folds", type=int, default=10, help="run folds 0..N-1 of the manifest (default: 10)")
-    parser.add_argument("--fold-list", type=_int_list, metavar="K,K,...", help="run only these folds, e.g. 0,3 (instead of --folds)")
+    parser.add_argument(
+        "--fold-list", type=_int_list, metavar="K,K,...", help="run only these folds, e.g. 0,3 (instead of --folds)"
+    )
     parser.add_argument(
         "--classes", type=_int_list, default=[1, 2], metavar="C,C,...",
         help="label values also scored on their own (default: 1,2; '' scores the binary mask only)",
     )  # fmt: skip
-    parser.add_argument("--no-lcc", action="store_true", help="score the raw argmax, without the largest-component clean-up")
+    parser.add_argument(
+        "--no-lcc", action="store_true", help="score the raw argmax, without the largest-component clean-up"
+    )
     parser.set_defaults(func=_cv)

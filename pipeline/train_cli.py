@@ -52,7 +52,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {pair!r}: expected KEY=VALUE (e.g. max_epochs=50, network_def#channels=[8,8,16,16]).")
+            raise ValueError(
+                f"override {pair!r}: expected KEY=VALUE (e.g. max_epochs=50, network_def#channels=[8,8,16,16])."
+            )
         try:
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as error:
@@ -114,7 +116,7 @@ def build_train_workflow(
 
 
 def config_value_error(error: BaseException) -> ValueError | None:
-    """The first ``ValueError`` in ``error``'s cause chain (MONAI's config parser wraps helper errors in ``RuntimeError``)."""
+    """The first ``ValueError`` in ``error``'s cause chain (the config parser wraps errors in ``RuntimeError``)."""
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, ValueError):
         cause = cause.__cause__
@@ -182,15 +184,21 @@ def _export(args: argparse.Namespace) -> int:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments ``hippogan train`` and ``hippogan cv`` share."""
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="dataset root; the manifest's paths are relative to it")
+    parser.add_argument(
+        "--dataset-dir", required=True, type=Path, help="dataset root; the manifest's paths are relative to it"
+    )
     parser.add_argument("--output-dir", required=True, type=Path, help="run folder (checkpoints/, tensorboard/)")
-    parser.add_argument("--manifest", type=Path, help="manifest CSV (default: the bundle's, data_manifests/msd_hippocampus.csv)")
+    parser.add_argument(
+        "--manifest", type=Path, help="manifest CSV (default: the bundle's, data_manifests/msd_hippocampus.csv)"
+    )
     parser.add_argument(
         "--config", action="append", default=[], metavar="YAML",
         help="extra config merged after train.yaml (repeatable; a bare name is looked up in the bundle's configs/)",
     )  # fmt: skip
     parser.add_argument("--bundle-root", type=Path, default=None, help=f"bundle folder (default: {BUNDLE_ROOT})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, YAML values (max_epochs=50)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, YAML values (max_epochs=50)"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -204,7 +212,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_train_arguments(train)
     train.add_argument("--fold", type=int, default=None, help="validation fold (config val_fold; default 0)")
     resume = train.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue a stopped run from OUTPUT_DIR/checkpoints/last.pt")
+    resume.add_argument(
+        "--resume", action="store_true", help="continue a stopped run from OUTPUT_DIR/checkpoints/last.pt"
+    )
     resume.add_argument("--resume-from", type=Path, metavar="CHECKPOINT", help="continue a stopped run from CHECKPOINT")
     train.set_defaults(func=_train)
 
@@ -213,6 +223,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write the generator weights (float16 state_dict, the bundle's models/model.pt) from a checkpoint",
     )
     export.add_argument("--checkpoint", required=True, type=Path, help="best.pt or last.pt of a training run")
-    export.add_argument("--out", required=True, type=Path, help="weights file to write (e.g. bundles/hippocampus_resse_gan/models/model.pt)")
+    export.add_argument(
+        "--out", required=True, type=Path, help="weights file to write (the bundle's models/model.pt)"
+    )
     export.add_argument("--fp32", action="store_true", help="keep float32 (default: float16)")
     export.set_defaults(func=_export)

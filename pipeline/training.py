@@ -73,13 +73,20 @@ def load_training_datalist(
     """
     manifest, dataset_dir = Path(manifest), Path(dataset_dir)
     if not manifest.is_file():
-        raise ValueError(f"manifest {manifest}: not found; expected a CSV subject_id,image,label,fold (config key 'manifest').")
+        raise ValueError(
+            f"manifest {manifest}: not found; expected a CSV subject_id,image,label,fold (config key 'manifest')."
+        )
     if not dataset_dir.is_dir():
-        raise ValueError(f"dataset_dir {dataset_dir}: not a folder; the manifest's paths resolve against it (config key 'dataset_dir').")
+        raise ValueError(
+            f"dataset_dir {dataset_dir}: not a folder; the manifest's paths resolve against it "
+            "(config key 'dataset_dir')."
+        )
     rows = load_manifest(manifest, dataset_dir)
     unlabelled = [str(row[SUBJECT_ID]) for row in rows if LABEL not in row]
     if unlabelled:
-        raise ValueError(f"manifest {manifest}: training needs a label for every row; none for {', '.join(unlabelled)}.")
+        raise ValueError(
+            f"manifest {manifest}: training needs a label for every row; none for {', '.join(unlabelled)}."
+        )
     try:
         validate_manifest(rows, label_map, num_workers=num_workers)
     except ValueError as error:
@@ -143,7 +150,9 @@ class SagittalSliceDataset(Dataset):
             shapes = {str(key): tuple(t.shape) for key, t in tensors.items()}
             spatial = {shape[1:] for shape in shapes.values()}
             if any(len(shape) != 4 for shape in shapes.values()) or len(spatial) != 1:
-                raise ValueError(f"SagittalSliceDataset: {name}: expected (C, X, Y, Z) volumes of one size, got {shapes}.")
+                raise ValueError(
+                    f"SagittalSliceDataset: {name}: expected (C, X, Y, Z) volumes of one size, got {shapes}."
+                )
             has_label = tensors[label_key].transpose(0, 1).flatten(1).ne(0).any(dim=1)
             for x, flag in enumerate(has_label.tolist()):
                 (labelled if flag else empty).append((index, x))
@@ -152,8 +161,6 @@ class SagittalSliceDataset(Dataset):
         self.empty = torch.tensor(empty, dtype=torch.long).reshape(-1, 2)
         self.n_empty_kept = int(round(float(empty_fraction) * len(self.empty)))
         self._max_planes = max(v[label_key].shape[1] for v in self.volumes)
-        self.epoch = 0
-        self.index = self.labelled
         self.set_epoch(0)
         logger.info(
             "%d volumes: %d labelled sagittal planes + %d of %d empty ones per epoch",

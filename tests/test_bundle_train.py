@@ -140,7 +140,8 @@ def test_resume_incompatible_checkpoint_is_refused(trained: dict, msd_dir: Path)
 def test_resume_missing_checkpoint(trained: dict, msd_dir: Path) -> None:
     missing = trained["tmp"] / "nowhere.pt"
     with pytest.raises(ValueError, match=f"checkpoint {missing} not found"):
-        run_training(msd_dir, trained["tmp"] / "r2", overrides={**TINY, "resume": str(missing)}, manifest=trained["manifest"])
+        overrides = {**TINY, "resume": str(missing)}
+        run_training(msd_dir, trained["tmp"] / "r2", overrides=overrides, manifest=trained["manifest"])
 
 
 def test_missing_label_file_is_named(msd_dir: Path, tmp_path: Path) -> None:
@@ -206,7 +207,8 @@ def test_multi_gpu_config_trains_with_torchrun(msd_dir: Path, tmp_path: Path) ->
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["engine"]["epoch"] == 1
     assert all(key.startswith("module.") for key in state["g_network"])  # DDP state dicts
-    weights = torch.load(export_generator(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "m.pt"), weights_only=True)
+    exported = export_generator(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "m.pt")
+    weights = torch.load(exported, weights_only=True)
     ResSEGenerator(spatial_dims=2, in_channels=1, out_channels=3, **NARROW_G).load_state_dict(weights)
 
 

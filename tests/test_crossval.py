@@ -15,7 +15,7 @@ import torch
 from hippogan.pipeline.cli import main
 from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval
 from hippogan.pipeline.manifest import load_manifest
-from test_bundle_train import TINY, write_manifest
+from test_bundle_train import NARROW_G, TINY, write_manifest
 
 TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "max_epochs=1", "batch_size=16"]
 
@@ -54,7 +54,7 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
 def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
     common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
-    narrow = ["network_def#channels=[8,8,16,16]", "network_def#decoder_channels=[16,16,8,8,8]", "network_def#se_reduction=4"]
+    narrow = [f"network_def#{key}={value}" for key, value in NARROW_G.items()]
     assert main(["train", *common, "--fold", "0", *TINY_CLI, *narrow]) == 0
     out = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
