@@ -32,7 +32,7 @@ import csv
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -573,7 +573,11 @@ class Segmenter:
         return labels * torch.from_numpy(components == largest)[None]
 
     def segment_many(
-        self, inputs: Iterable[tuple[str, str | os.PathLike]], out_dir: str | os.PathLike, progress: bool = True
+        self,
+        inputs: Iterable[tuple[str, str | os.PathLike]],
+        out_dir: str | os.PathLike,
+        progress: bool = True,
+        on_result: Callable[[Segmentation, Path], None] | None = None,
     ) -> RunSummary:
         """Segment each ``(subject_id, path)`` (see :func:`find_inputs`), writing into ``out_dir``.
 
@@ -585,6 +589,8 @@ class Segmenter:
             inputs: ``(subject_id, path)`` pairs.
             out_dir: output folder, created if needed.
             progress: show a progress bar.
+            on_result: called as ``on_result(segmentation, label_map_path)`` after each scan is written
+                (e.g. to draw a QC picture); an error it raises fails that scan like any other.
 
         Raises:
             ValueError: ``out_dir`` cannot be created or written (checked before any scan is read).
@@ -599,7 +605,10 @@ class Segmenter:
             start = time.perf_counter()
             try:
                 result = self.segment(path, subject=subject)
-                label_maps[subject] = save_label_map(result, out_dir / f"{subject}.nii.gz")
+                written = save_label_map(result, out_dir / f"{subject}.nii.gz")
+                if on_result is not None:
+                    on_result(result, written)
+                label_maps[subject] = written
                 rows += result.volume_rows()
             except Exception as error:  # one bad scan must not stop the run; it is reported below
                 reason = str(error) if isinstance(error, ValueError) else f"{path}: {type(error).__name__}: {error}"

@@ -90,8 +90,13 @@ def _check_volumes(row: dict[str, str], labels: np.ndarray, affine: np.ndarray) 
 
 
 def test_msd_label_maps_on_input_grid(segmenter, msd_images, tmp_path):
-    summary = segmenter.segment_many(find_inputs(msd_images), tmp_path, progress=False)
+    seen = []
+    summary = segmenter.segment_many(
+        find_inputs(msd_images), tmp_path, progress=False, on_result=lambda result, path: seen.append((result, path))
+    )
     assert not summary.failures
+    assert [(r.subject, p) for r, p in seen] == list(summary.label_maps.items())
+    assert all(r.label_map.shape == nib.load(r.source).shape for r, _ in seen)
     rows = _read_volumes(tmp_path)
     assert [r["subject"] for r in rows] == [p.name[: -len(".nii.gz")] for p in msd_images]
     for image_path, row in zip(msd_images, rows):
@@ -236,16 +241,30 @@ def test_incompatible_checkpoint_names_the_file(narrow_weights, tmp_path):
         load_generator(tmp_path / "missing.pt", unet)
 
 
-def test_empty_prediction_gives_empty_map_and_warning(msd_images, tmp_path, caplog):
-    background = torch.nn.Conv2d(1, 3, kernel_size=1)
+def _constant_network(label: int) -> torch.nn.Module:
+    """A 2D "generator" predicting ``label`` everywhere."""
+    network = torch.nn.Conv2d(1, 3, kernel_size=1)
     with torch.no_grad():
-        background.weight.zero_()
-        background.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        network.weight.zero_()
+        network.bias.copy_(5.0 * torch.nn.functional.one_hot(torch.tensor(label), 3).float())
+    return network
+
+
+def test_empty_prediction_gives_empty_map_and_warning(msd_images, tmp_path, caplog):
+    background = _constant_network(0)
     with caplog.at_level(logging.WARNING, logger="hippogan.pipeline.inference"):
-        summary = Segmenter(background, mode="precropped").segment_many([("s", msd_images[0])], tmp_path, progress=False)
+        summary = Segmenter(background, mode="precropped").segment_many([("s", msd_images[0])], tmp_path, False)
     assert "no hippocampus found" in caplog.text and "s:" in caplog.text
     assert not np.asarray(nib.load(summary.label_maps["s"]).dataobj).any()
     assert float(_read_volumes(tmp_path)[0]["total_mm3"]) == 0.0
+
+
+def test_failing_result_hook_fails_its_scan(msd_images, tmp_path):
+    def hook(result, path):
+        raise RuntimeError(f"QC picture of {result.subject} broke")
+
+    summary = Segmenter(_constant_network(1)).segment_many([("s", msd_images[0])], tmp_path, False, on_result=hook)
+    assert not summary.label_maps and "QC picture of s broke" in summary.failures["s"]
 
 
 def test_largest_component_per_side(segmenter, msd_images):
@@ -261,13 +280,13 @@ def test_largest_component_per_side(segmenter, msd_images):
 
 def test_empty_plane_skipper_matches_the_network():
     torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 3, 1))
-    network.eval()
-    x = torch.rand(6, 1, 16, 16)
-    x[[0, 3, 5]] = 0
+    layers = (torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 3, 1))
+    network = torch.nn.Sequential(*layers).eval()
+    some_empty = torch.rand(6, 1, 16, 16)
+    some_empty[[0, 3, 5]] = 0
     with torch.inference_mode():
-        np.testing.assert_allclose(EmptyPlaneSkipper(network)(x), network(x), atol=1e-6)
-        np.testing.assert_allclose(EmptyPlaneSkipper(network)(torch.zeros(2, 1, 16, 16)), network(torch.zeros(2, 1, 16, 16)), atol=1e-6)
+        for x in (some_empty, torch.zeros(2, 1, 16, 16), torch.rand(2, 1, 16, 16)):
+            np.testing.assert_allclose(EmptyPlaneSkipper(network)(x), network(x), atol=1e-6)
 
 
 @pytest.mark.parametrize(
