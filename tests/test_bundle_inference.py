@@ -97,7 +97,7 @@ def test_evaluate_yaml_writes_tables(bundle, msd_dir, tmp_path):
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")],
         logging_file=False,
-        workflow_type=None,
+        workflow_type="infer",
         bundle_root=str(bundle),
         manifest=str(manifest),
         dataset_dir=str(msd_dir),
@@ -108,6 +108,7 @@ def test_evaluate_yaml_writes_tables(bundle, msd_dir, tmp_path):
         **NARROW,
     )
     workflow.initialize()
+    assert workflow.check_properties() == []
     workflow.run()
     workflow.finalize()
     for name in (PER_CASE_CSV, SUMMARY_CSV, SUMMARY_JSON, VOLUMES_CSV):
