@@ -478,6 +478,8 @@ class Segmenter:
             whole-brain sides, 2 x 48 planes, in one forward pass).
         amp: on CUDA, run the network under float16 autocast (ignored on CPU, which runs float32).
         skip_empty: all-zero planes get the network's output for a zero plane (:class:`EmptyPlaneSkipper`).
+        channels_last: convert the network's weights to ``torch.channels_last`` (in place), which the CPU
+            (oneDNN) and CUDA convolutions run faster on (1 CPU thread: -13% for the paper's widths).
         preprocessing_kwargs: further :func:`~hippogan.transforms.chains.get_preprocessing` arguments
             (``mirror``, ``roi_size``, ``percentiles``, ``roi_kwargs``...), as in training.
 
@@ -494,6 +496,7 @@ class Segmenter:
         inferer: Inferer | None = None,
         amp: bool = True,
         skip_empty: bool = True,
+        channels_last: bool = True,
         preprocessing_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in (AUTO, *ROI_MODES):
@@ -506,6 +509,8 @@ class Segmenter:
             device = next(network.parameters(), torch.empty(0)).device
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
         self.mode = mode
         self.lcc = lcc
         self.amp = amp
