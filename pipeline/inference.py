@@ -442,11 +442,16 @@ def save_label_map(result: Segmentation, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_volumes_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write volume rows (keys from :data:`VOLUME_COLUMNS`; missing ones empty) to a CSV; returns the path."""
+def write_volumes_csv(
+    rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, columns: Sequence[str] = VOLUME_COLUMNS
+) -> Path:
+    """Write volume rows to a CSV (``columns`` in order; keys not in it ignored, missing ones empty); returns the path.
+
+    ``columns`` defaults to :data:`VOLUME_COLUMNS`; ``hippogan segment`` adds a ``flag`` column.
+    """
     path = Path(path)
     with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=VOLUME_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
