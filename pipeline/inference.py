@@ -675,7 +675,9 @@ def segmenter_from_bundle(
     try:
         return parser.get_parsed_content("segmenter")
     except RuntimeError as error:  # ConfigParser wraps the errors of "$" expressions: surface the user's error
-        cause = _root_cause(error)
-        if isinstance(cause, (ValueError, OSError)):
+        cause = error.__cause__  # the outermost ValueError/OSError: load_generator's names the weights file
+        while cause is not None and not isinstance(cause, (ValueError, OSError)):
+            cause = cause.__cause__
+        if cause is not None:
             raise ValueError(f"{config_file}: {cause}") from error
         raise
