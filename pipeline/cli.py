@@ -12,7 +12,7 @@ import logging
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("evaluation", "manifest", "train_cli", "crossval", "infer_cli")
+COMMAND_MODULES = ("evaluation", "manifest", "train_cli", "crossval", "infer_cli", "segment_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

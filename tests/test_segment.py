@@ -1,0 +1,194 @@
+"""``hippogan segment`` end to end on real scans: MSD crops (folder and manifest), DICOM series, a corrupt file
+among them, and nilearn's MNI152 whole brain (``--demo``).
+
+The network is a narrow bundle copy with random weights (:func:`helpers_bundle.narrow_bundle`): plumbing, not
+accuracy. The report is rendered in headless Chromium when ``/usr/bin/chromium`` exists (else that test skips;
+``tools/screenshot_report.sh`` is the documented manual check).
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from helpers_bundle import narrow_bundle, save_random_weights
+from matplotlib.image import imread
+
+from hippogan.pipeline.cli import main as cli_main
+from hippogan.pipeline.inference import DEFAULT_BUNDLE, VOLUMES_CSV
+from hippogan.pipeline.qc import volume_flags
+from hippogan.pipeline.segment_cli import DEMO_SUBJECT, QC_DIR, REPORT_HTML, SEGMENT_COLUMNS
+from hippogan.transforms import IMAGE, scan_loader
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "tools" / "screenshot_report.sh"
+VOLUME_KEYS = ("total_mm3", "anterior_mm3", "posterior_mm3")
+
+
+def segment(*args: str | Path, bundle: Path | None = None) -> int:
+    """Run ``hippogan segment ARGS --device cpu --no-progress`` (with ``--bundle`` when given); the exit code."""
+    extra = ["--bundle", str(bundle)] if bundle is not None else []
+    return cli_main(["segment", *map(str, args), *extra, "--device", "cpu", "--no-progress"])
+
+
+def read_volumes(out: Path) -> list[dict[str, str]]:
+    """Rows of ``out/volumes.csv``, after checking its header."""
+    with (out / VOLUMES_CSV).open(newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        assert tuple(reader.fieldnames) == SEGMENT_COLUMNS
+        return list(reader)
+
+
+def check_row(row: dict[str, str], labels: np.ndarray, affine: np.ndarray) -> None:
+    """Volumes (mm³) = voxel counts of ``labels`` x voxel volume of ``affine``; the flag follows the total."""
+    voxel_mm3 = abs(np.linalg.det(affine[:3, :3]))
+    expected = ((labels > 0).sum(), (labels == 1).sum(), (labels == 2).sum())
+    for key, count in zip(VOLUME_KEYS, expected):
+        assert float(row[key]) == pytest.approx(count * voxel_mm3), key
+    assert row["flag"] == volume_flags(float(row["total_mm3"]))
+    assert (row["status"], row["reason"]) == ("ok", "")
+
+
+def check_png(path: Path, n_rows: int) -> None:
+    """A QC picture: 900 px wide, a 40 px title and 330 px per hippocampus row (:func:`qc_figure`)."""
+    height, width = imread(path).shape[:2]
+    assert (width, height) == (900, 40 + 330 * n_rows)
+    assert path.stat().st_size < 200_000
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return narrow_bundle(tmp_path_factory.mktemp("bundles") / "hippocampus_resse_gan")
+
+
+@pytest.fixture(scope="module")
+def mixed_run(bundle, msd_dir, dicom_dir, tmp_path_factory) -> tuple[int, Path, dict[str, Path]]:
+    """One run over a NIfTI folder (2 MSD crops + a truncated file), a manifest (1 crop) and 3 DICOM series.
+
+    Returns the exit code, the output folder and the good inputs (subject id -> path).
+    """
+    root = tmp_path_factory.mktemp("mixed")
+    images = sorted((msd_dir / "imagesTr").glob("hippocampus_*.nii.gz"))[:3]
+    folder = root / "nifti"
+    folder.mkdir()
+    for image in images[:2]:
+        (folder / image.name).symlink_to(image)
+    (folder / "corrupt.nii.gz").write_bytes(images[0].read_bytes()[:3000])
+    manifest = root / "manifest.csv"
+    manifest.write_text(f"subject_id,image,label,fold\nfrom_manifest,imagesTr/{images[2].name},,0\n")
+    code = segment(folder, manifest, dicom_dir, "--dataset-dir", msd_dir, "--out", root / "out", bundle=bundle)
+    good = {image.name[: -len(".nii.gz")]: image for image in images[:2]}
+    good["from_manifest"] = images[2]
+    good.update({series.name: series for series in sorted(dicom_dir.iterdir()) if series.is_dir()})
+    return code, root / "out", good
+
+
+def test_corrupt_scan_fails_alone(mixed_run):
+    code, out, good = mixed_run
+    assert code == 1
+    assert len(good) == 6
+    for subject in good:
+        assert (out / f"{subject}.nii.gz").is_file() and (out / QC_DIR / f"{subject}.png").is_file(), subject
+    assert not (out / "corrupt.nii.gz").exists() and not (out / QC_DIR / "corrupt.png").exists()
+    failed = [row for row in read_volumes(out) if row["status"] != "ok"]
+    assert [(r["subject"], r["status"], r["flag"], r["total_mm3"]) for r in failed] == [("corrupt", "failed", "", "")]
+    assert "corrupt.nii.gz" in failed[0]["reason"]
+
+
+def test_label_maps_align_with_inputs(mixed_run):
+    _, out, good = mixed_run
+    rows = {row["subject"]: row for row in read_volumes(out)}
+    for subject, source in good.items():
+        scan = scan_loader(IMAGE)({IMAGE: str(source)})[IMAGE]  # NIfTI or DICOM series, RAS affine
+        pred = nib.load(out / f"{subject}.nii.gz")
+        assert pred.shape == tuple(scan.shape), subject
+        assert np.array_equal(pred.affine, scan.affine.numpy()), subject
+        if source.is_file():
+            assert np.array_equal(pred.affine, nib.load(source).affine), subject
+        labels = np.asarray(pred.dataobj)
+        assert pred.get_data_dtype() == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+        assert (rows[subject]["side"], rows[subject]["mode"]) == ("unknown", "precropped")
+        check_row(rows[subject], labels, pred.affine)
+        check_png(out / QC_DIR / f"{subject}.png", n_rows=1)
+
+
+def test_report_lists_every_scan(mixed_run):
+    _, out, good = mixed_run
+    page = (out / REPORT_HTML).read_text(encoding="utf-8")
+    assert all(f"<td>{subject}</td>" in page for subject in [*good, "corrupt"])
+    assert page.count('src="data:image/png;base64,') == len(good)
+    assert all(f'href="{QC_DIR}/{subject}.png"' in page for subject in good)
+    assert "failed: cannot load or pre-process" in page and "corrupt.nii.gz" in page
+    assert "http://" not in page and "https://" not in page
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no {CHROMIUM}: check with {SCREENSHOT.name} by hand")
+def test_report_renders_in_headless_chromium(mixed_run, tmp_path):
+    _, out, _ = mixed_run
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        ["bash", str(SCREENSHOT), str(out / REPORT_HTML), str(shot), "1400x1000"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1000, 1400)
+    dark = (pixels.max(axis=2) < 0.1).mean()  # the QC thumbnails' black background; text alone is far less
+    assert dark > 0.05, f"only {dark:.1%} dark pixels: are the embedded QC thumbnails shown?"
+
+
+def test_demo_segments_the_mni152_whole_brain(tmp_path, bundle):
+    weights = save_random_weights(tmp_path / "other.pt", bundle=bundle, seed=1)
+    out = tmp_path / "demo"
+    assert segment("--demo", "--out", out, "--model", weights, bundle=bundle) == 0
+    scan, pred = nib.load(out / "input" / f"{DEMO_SUBJECT}.nii.gz"), nib.load(out / f"{DEMO_SUBJECT}.nii.gz")
+    assert scan.shape == (197, 233, 189) and pred.shape == scan.shape
+    assert np.array_equal(pred.affine, scan.affine)
+    labels = np.asarray(pred.dataobj)
+    rows = read_volumes(out)
+    assert [(r["subject"], r["side"], r["mode"]) for r in rows] == [
+        (DEMO_SUBJECT, "left", "whole_brain"), (DEMO_SUBJECT, "right", "whole_brain"),
+    ]  # fmt: skip
+    found = np.argwhere(labels > 0)
+    x_world = nib.affines.apply_affine(pred.affine, found)[:, 0]  # mm, RAS: left hippocampus at x < 0
+    for row, side in zip(rows, (found[x_world < 0], found[x_world >= 0])):
+        check_row(row, labels[tuple(side.T)], pred.affine)
+    n_sides = sum(float(r["total_mm3"]) > 0 for r in rows)
+    check_png(out / QC_DIR / f"{DEMO_SUBJECT}.png", n_rows=max(n_sides, 1))
+    assert (out / REPORT_HTML).is_file()
+
+
+def test_shipped_bundle_is_the_default(msd_dir, tmp_path, caplog):
+    """Without ``--bundle``/``--model`` the repository's bundle and its ``models/model.pt`` are used."""
+    image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    code = segment(image, "--out", tmp_path)
+    if (DEFAULT_BUNDLE / "models" / "model.pt").is_file():
+        assert code == 0 and (tmp_path / image.name).is_file()
+    else:
+        assert code == 2 and str(DEFAULT_BUNDLE / "models" / "model.pt") in caplog.text
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ([], "give INPUT paths or --demo"),
+        (["--demo", "x.nii.gz"], "give INPUT paths or --demo"),
+        (["missing.nii.gz"], "no such file or folder"),
+        (["{image}", "--model", "{garbage}"], "cannot read weights"),
+        (["{image}", "--device", "cuda"], "no CUDA device"),
+    ],
+)
+def test_bad_arguments_exit_2(bundle, msd_dir, tmp_path, caplog, args, match):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 64)
+    image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    args = [a.format(image=image, garbage=garbage) for a in args]
+    assert cli_main(["segment", *args, "--out", str(tmp_path / "out"), "--bundle", str(bundle)]) == 2
+    assert match in caplog.text
