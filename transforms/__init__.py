@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hippogan.transforms.chains import get_loading, get_postprocessing, get_preprocessing
+from hippogan.transforms.context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
 from hippogan.transforms.intensity import (
     ScaleIntensityRangePercentilesNonzero,
     ScaleIntensityRangePercentilesNonzeroD,
@@ -55,6 +56,10 @@ __all__ = [
     "MirrorSided",
     "MirrorSideD",
     "MirrorSideDict",
+    "SagittalContext",
+    "SagittalContextd",
+    "SagittalContextD",
+    "SagittalContextDict",
     "sagittal_inferer",
     "volume_to_sagittal",
     "sagittal_to_volume",

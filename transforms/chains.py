@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, EnsureTyped, Invertd, Orientationd, Spacingd
 
+from hippogan.transforms.context import SagittalContextd
 from hippogan.transforms.intensity import ScaleIntensityRangePercentilesNonzerod
 from hippogan.transforms.keys import IMAGE, LABEL, PRED, SIDE
 from hippogan.transforms.labels import MapLabelsd
@@ -59,13 +60,15 @@ def get_preprocessing(
     pixdim: Sequence[float] = (1.0, 1.0, 1.0),
     percentiles: Sequence[float] = (0.5, 99.5),
     roi_kwargs: Mapping | None = None,
+    context: int = 0,
 ) -> Compose:
     """Return the deterministic pre-processing: path(s) in, ROI sample(s) out.
 
     Steps: :func:`get_loading` (NIfTI file or DICOM series folder -> channel first -> RAS -> ``pixdim``
     spacing, image bilinear, label nearest) -> label mapping -> :class:`HippocampalROICropd` ->
     percentile rescale of the image to [0, 1] on its nonzero voxels (0.5..99.5 by default, clipped) ->
-    optional mirroring of left samples. Every geometric step is invertible, so :func:`get_postprocessing`
+    optional mirroring of left samples -> optional neighbouring sagittal planes as channels
+    (:class:`~hippogan.transforms.context.SagittalContextd`, 2.5D input). Every geometric step is invertible, so :func:`get_postprocessing`
     maps a prediction back.
 
     Args:
@@ -79,9 +82,10 @@ def get_preprocessing(
         pixdim: output voxel spacing, mm.
         percentiles: lower and upper intensity percentiles mapped to 0 and 1.
         roi_kwargs: other :class:`HippocampalROICropd` arguments (``box_size``, ``left_center``, ...).
+        context: sagittal neighbours stacked on each side as image channels (0: one channel, the paper).
 
-    Input: ``{"image": path[, "label": path]}``. Output per sample: ``"image"`` ``(1, *roi_size)`` float32 in
-    [0, 1], ``"label"`` ``(1, *roi_size)`` (values of the label map), ``"side"``.
+    Input: ``{"image": path[, "label": path]}``. Output per sample: ``"image"`` ``(2 * context + 1, *roi_size)``
+    float32 in [0, 1], ``"label"`` ``(1, *roi_size)`` (values of the label map), ``"side"``.
     """
     if len(tuple(percentiles)) != 2:
         raise ValueError(f"get_preprocessing: percentiles must be (lower, upper), got {percentiles!r}.")
@@ -96,6 +100,8 @@ def get_preprocessing(
     ]
     if mirror:
         transforms.append(MirrorSided(keys, mirror_side="left", side_key=SIDE))
+    if context:
+        transforms.append(SagittalContextd(IMAGE, context=context))
     return Compose(transforms)
 
 
