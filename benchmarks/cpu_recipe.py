@@ -56,17 +56,18 @@ WIDTHS: dict[str, dict[str, list[int]]] = {
 """Encoder/decoder widths of the candidate generators (ResNet34 depth 3-4-6-3 in all)."""
 
 
-def generator_kwargs(width: str, out_channels: int = 3) -> dict:
-    """Return the exact ``ResSEGenerator`` kwargs (JSON-able, for ``network_def``) of a ``WIDTHS`` preset."""
+def generator_kwargs(width: str, out_channels: int = 3, context: int = 0) -> dict:
+    """Return the exact ``ResSEGenerator`` kwargs (JSON-able, for ``network_def``) of a ``WIDTHS`` preset;
+    ``context`` sagittal neighbours on each side come in as extra channels (2.5D)."""
     if width not in WIDTHS:
         raise ValueError(f"width must be one of {sorted(WIDTHS)}, got {width!r}.")
-    return {"spatial_dims": 2, "in_channels": 1, "out_channels": out_channels, **WIDTHS[width]}
+    return {"spatial_dims": 2, "in_channels": 2 * context + 1, "out_channels": out_channels, **WIDTHS[width]}
 
 
-def load_volumes(rows: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-process manifest rows (precropped mode) to ``image (N, 1, 48, 64, 64)`` float32 in [0, 1] and
-    ``label (N, 1, 48, 64, 64)`` uint8 in {0, 1, 2}."""
-    pre = get_preprocessing(mode="precropped", with_label=True)
+def load_volumes(rows: Sequence[dict], context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-process manifest rows (precropped mode) to ``image (N, 2 * context + 1, 48, 64, 64)`` float32 in
+    [0, 1] and ``label (N, 1, 48, 64, 64)`` uint8 in {0, 1, 2}."""
+    pre = get_preprocessing(mode="precropped", with_label=True, context=context)
     images, labels = [], []
     for row in rows:
         sample = pre({IMAGE: row[IMAGE], LABEL: row[LABEL]})
@@ -172,7 +173,7 @@ def _summary(cases: list[dict]) -> dict[str, float]:
 def time_inference(net: torch.nn.Module, repeats: int = 10) -> dict[str, float]:
     """Seconds per MSD volume (48 sagittal 64x64 planes in one batch), median and minimum of ``repeats``."""
     net.eval()
-    x = torch.rand(48, 1, 64, 64)
+    x = torch.rand(48, next(net.parameters()).shape[1], 64, 64)  # the stem convolution's input channels
     times = []
     with torch.inference_mode():
         net(x)
@@ -213,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--d-lr", type=float, default=2e-4)
     p.add_argument("--lr-schedule", default="cosine", choices=("none", "cosine"))
     p.add_argument("--warmup", type=float, default=0.03, help="share of the schedule with linear warm-up")
+    p.add_argument("--context", type=int, default=0, help="sagittal neighbours on each side as channels (2.5D)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (hard cap)")
     p.add_argument("--epochs", type=int, default=None, help="schedule over this many epochs (else over --minutes)")
@@ -245,17 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     train_rows, val_rows = split_by_fold(load_manifest(args.manifest, args.dataset_dir), args.fold)
-    train_img, train_lab = load_volumes(train_rows)
-    val_img, val_lab = load_volumes(val_rows)
+    train_img, train_lab = load_volumes(train_rows, args.context)
+    val_img, val_lab = load_volumes(val_rows, args.context)
     data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed)
     logger.info(
         "data: %d train / %d val cases, %d planes per epoch, %d batches; loaded in %.1f s",
         len(train_rows), len(val_rows), data.n_planes, len(data), time.perf_counter() - start,
     )
 
-    g_kwargs = generator_kwargs(args.width)
+    g_kwargs = generator_kwargs(args.width, context=args.context)
     g_net = ResSEGenerator(**g_kwargs)
-    d_kwargs = {"spatial_dims": 2, "in_channels": 1 + g_kwargs["out_channels"], "channels": args.d_channels}
+    d_kwargs = {"spatial_dims": 2, "in_channels": g_kwargs["in_channels"] + g_kwargs["out_channels"], "channels": args.d_channels}
     d_net = SegDiscriminator(**d_kwargs) if adv_weight > 0 else None
     g_opt = default_optimizer(g_net.parameters(), lr=args.lr)
     d_opt = default_optimizer(d_net.parameters(), lr=args.d_lr) if d_net is not None else None
