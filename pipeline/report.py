@@ -38,6 +38,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.flag { background: #fff3cd; white-space: nowrap; }
 tr.failed td { background: #fde2e2; }
 td.status-failed { color: #a00000; font-weight: bold; }
+td.status-ok, td.status-failed { max-width: 22em; overflow-wrap: anywhere; word-break: break-word; }
 td.qc { background: #000; padding: 2px; }
 td.qc img { width: 360px; display: block; }
 .swatch { display: inline-block; width: 1.6em; height: 0.25em; vertical-align: middle; }

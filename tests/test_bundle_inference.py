@@ -19,13 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers_bundle import NARROW, save_random_weights
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from hippogan.pipeline.cli import main as cli_main
 from hippogan.pipeline.evaluation import PER_CASE_CSV, SUMMARY_CSV, SUMMARY_JSON
 from hippogan.pipeline.inference import DEFAULT_BUNDLE, VOLUMES_CSV, load_generator
 
-NARROW = {"network_def#channels": [8, 8, 16, 16], "network_def#decoder_channels": [32, 16, 16, 16, 16]}
 MINIMAL_METADATA = {
     "version": "0.1.0",
     "monai_version": "1.6.1",
@@ -39,17 +39,6 @@ MINIMAL_METADATA = {
 """Used only while the bundle has no configs/metadata.json."""
 
 
-def _fp16_random_weights(bundle: Path, path: Path, overrides: dict | None = None) -> Path:
-    """Random-init weights of ``bundle``'s ``network_def`` (with ``overrides``) saved as an fp16 state dict."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser.update(dict(overrides or {}))
-    torch.manual_seed(0)
-    state = parser.get_parsed_content("network_def").state_dict()
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A copy of the bundle outside the repository, with ``models/model.pt`` (shipped or random fp16)."""
@@ -57,7 +46,7 @@ def bundle(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_BUNDLE, root, ignore=shutil.ignore_patterns("eval", "runs", "*.ts"))
     (root / "models").mkdir(exist_ok=True)
     if not (root / "models" / "model.pt").is_file():
-        _fp16_random_weights(root, root / "models" / "model.pt")
+        save_random_weights(root / "models" / "model.pt", bundle=root)
     if not (root / "configs" / "metadata.json").is_file():
         (root / "configs" / "metadata.json").write_text(json.dumps(MINIMAL_METADATA))
     return root
@@ -93,7 +82,7 @@ def test_evaluate_yaml_writes_tables(bundle, msd_dir, tmp_path):
     manifest = tmp_path / "manifest.csv"
     rows = [f"{p.name[:-7]},imagesTr/{p.name},labelsTr/{p.name},{0 if i < 2 else 1}\n" for i, p in enumerate(cases)]
     manifest.write_text("subject_id,image,label,fold\n" + "".join(rows))
-    weights = _fp16_random_weights(bundle, tmp_path / "narrow.pt", NARROW)
+    weights = save_random_weights(tmp_path / "narrow.pt", NARROW, bundle=bundle)
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")],
         logging_file=False,
@@ -148,5 +137,5 @@ def test_hippogan_infer_exit_codes(bundle, msd_dir, tmp_path):
     assert cli_main(["infer", str(image), str(bad), "--out", str(tmp_path / "some"), *common]) == 1
     assert (tmp_path / "some" / image.name).is_file() and not (tmp_path / "some" / bad.name).exists()
     assert cli_main(["infer", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "none"), *common]) == 2
-    wrong = _fp16_random_weights(bundle, tmp_path / "narrow.pt", NARROW)
+    wrong = save_random_weights(tmp_path / "narrow.pt", NARROW, bundle=bundle)
     assert cli_main(["infer", str(image), "--out", str(tmp_path / "w"), "--weights", str(wrong), *common]) == 2

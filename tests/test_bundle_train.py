@@ -16,42 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_train import NARROW_G, REPO_MANIFEST, TINY, write_manifest
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from hippogan.networks import ResSEGenerator
 from hippogan.pipeline.checkpoint import load_checkpoint
-from hippogan.pipeline.manifest import MANIFEST_COLUMNS
 from hippogan.pipeline.train_cli import BUNDLE_ROOT, parse_overrides, run_training
 from hippogan.pipeline.training import SagittalSliceDataset, export_generator, prepare_output_dir
 from hippogan.transforms import IMAGE, LABEL
 
 CONFIGS = BUNDLE_ROOT / "configs"
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "meta_schema_20240725.json"
-REPO_MANIFEST = BUNDLE_ROOT.parents[1] / "data_manifests" / "msd_hippocampus.csv"
-NARROW_G = {"channels": [8, 8, 16, 16], "decoder_channels": [16, 16, 8, 8, 8], "se_reduction": 4}
-TINY = {  # with 2 training subjects: ~50 planes, 3 steps an epoch
-    "max_epochs": 1,
-    "batch_size": 16,
-    "num_workers": 0,
-    "val_interval": 1,
-    "empty_fraction": 0.05,
-    "d_network_def#channels": [8, 16, 16, 32],
-    **{f"network_def#{key}": value for key, value in NARROW_G.items()},
-}
-
-
-def write_manifest(path: Path, n_train: int = 2, n_val: int = 4, label_of: dict | None = None) -> Path:
-    """A manifest of the first real MSD subjects: ``n_train`` in fold 1, ``n_val`` in fold 0 (validation)."""
-    with REPO_MANIFEST.open() as f:
-        rows = list(csv.DictReader(f))[: n_train + n_val]
-    for index, row in enumerate(rows):
-        row["fold"] = 1 if index < n_train else 0
-        row["label"] = (label_of or {}).get(row["subject_id"], row["label"])
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def workflow(msd_dir: Path, manifest: Path, output_dir: Path, extra_configs: tuple[str, ...] = (), **overrides):

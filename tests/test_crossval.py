@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_train import NARROW_G, TINY, write_manifest
 
 from hippogan.pipeline.cli import main
 from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval
 from hippogan.pipeline.manifest import load_manifest
-from test_bundle_train import NARROW_G, TINY, write_manifest
 
 TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "max_epochs=1", "batch_size=16"]
 

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from helpers_bundle import CPU, NARROW, save_random_weights
 from scipy import ndimage
 
 from hippogan.pipeline.inference import (
@@ -32,21 +32,6 @@ from hippogan.pipeline.inference import (
 )
 from hippogan.transforms import IMAGE, scan_loader
 from hippogan.transforms.roi import DEFAULT_BOX_SIZE, DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER, world_box_to_voxels
-
-NARROW = {"network_def#channels": [8, 8, 16, 16], "network_def#decoder_channels": [32, 16, 16, 16, 16]}
-"""Narrow widths for plumbing tests (the bundle's network_def otherwise)."""
-CPU = {"device": "$torch.device('cpu')"}
-
-
-def save_random_weights(path: Path, overrides: dict | None = None, seed: int = 0) -> Path:
-    """Save random-init weights of the bundle's ``network_def`` (with ``overrides``) as an fp16 state dict."""
-    parser = ConfigParser()
-    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
-    parser.update(dict(overrides or {}))
-    torch.manual_seed(seed)
-    network = parser.get_parsed_content("network_def")
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ SimpleITK so that :class:`~monai.transforms.LoadImaged` reads a series folder li
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 __all__ = ["SitkDicomSeriesReader", "scan_loader"]
 
 logger = logging.getLogger(__name__)
+
+_NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+_NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully"
+_NVIMGCODEC_NOTICE = "nvImageCodec is not available; skipping pydicom decoder plugin registration"
 
 
 class SitkDicomSeriesReader(ImageReader):
@@ -112,6 +117,22 @@ def scan_loader(keys: Sequence[str] | str, allow_missing_keys: bool = False) -> 
         keys: the data keys holding paths (e.g. ``("image", "label")``).
         allow_missing_keys: do not raise when a key is absent.
     """
-    loader = LoadImaged(keys, image_only=True, allow_missing_keys=allow_missing_keys)
+    # LoadImage always instantiates all of MONAI's default readers (an explicit ``reader=`` only adds to them), and
+    # NvImgCodecPydicomReader warns and logs when it finds no GPU decoder. It never reads our scans (its
+    # verify_suffix is False without nvImageCodec; DICOM folders go to SitkDicomSeriesReader), so drop exactly
+    # that warning and that log record while the loader is built.
+    plugin_logger = logging.getLogger(_NVIMGCODEC_LOGGER)
+    plugin_logger.addFilter(_drop_nvimgcodec_notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NVIMGCODEC_WARNING, category=UserWarning)
+            loader = LoadImaged(keys, image_only=True, allow_missing_keys=allow_missing_keys)
+    finally:
+        plugin_logger.removeFilter(_drop_nvimgcodec_notice)
     loader.register(SitkDicomSeriesReader())
     return loader
+
+
+def _drop_nvimgcodec_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: False (drop) for MONAI's "nvImageCodec is not available" record only."""
+    return _NVIMGCODEC_NOTICE not in record.getMessage()
