@@ -46,6 +46,7 @@ from ignite.engine import Events
 from monai.losses import DiceCELoss
 from monai.networks.nets import AttentionUnet, UNet
 from monai.utils import set_determinism
+from scipy.stats import wilcoxon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_recipe import SliceEpochs, evaluate, generator_kwargs, load_volumes  # noqa: E402
@@ -238,6 +239,25 @@ def _mean_std(path: Path) -> dict[str, tuple[float, float]]:
     return {key: (float(np.nanmean(values[:, i])), float(np.nanstd(values[:, i]))) for i, key in enumerate(header[1:])}
 
 
+def _paired(rows: list[dict], out: str, reference: str | None) -> None:
+    """Add ``delta_dsc`` and ``p_wilcoxon``: paired per-case binary DSC difference to ``resse_gan`` (same cases)."""
+    paths = {r["model"]: Path(f"{out}_{r['model']}_cases.csv") for r in rows}
+    if reference:
+        paths[Path(reference).name] = Path(f"{reference}_cases.csv")
+    if "resse_gan" not in paths:
+        return
+    def dsc(path: Path) -> dict[str, float]:
+        lines = [line.split(",") for line in path.read_text().splitlines()]
+        column = lines[0].index("dsc")
+        return {line[0]: float(line[column]) for line in lines[1:]}
+    base = dsc(paths["resse_gan"])
+    for r in rows:
+        other = dsc(paths[r["model"]])
+        diff = np.array([other[case] - base[case] for case in base])
+        r["delta_dsc"] = float(diff.mean())
+        r["p_wilcoxon"] = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+
+
 def collect(out: str, reference: str | None) -> list[dict]:
     """Merge ``<out>_<model>.json`` + ``_cases.csv`` of every model found into ``<out>.md`` and ``<out>.csv``."""
     rows = []
@@ -261,17 +281,20 @@ def collect(out: str, reference: str | None) -> list[dict]:
                      **{k: stats[k] for k in _COLUMNS}})
     if not rows:
         raise ValueError(f"no model results {out}_<model>.json found (models: {', '.join(MODELS)})")
+    _paired(rows, out, reference)
     csv = ["model,label,epochs,train_min,samples_per_s,unit,parameters,d_parameters,"
-           + ",".join(f"{k}_mean,{k}_std" for k in _COLUMNS)]
+           + ",".join(f"{k}_mean,{k}_std" for k in _COLUMNS) + ",delta_dsc_vs_resse_gan,p_wilcoxon"]
     md = ["| model | epochs | train min | samples/s | G params | binary DSC | SEN | PPV | Jaccard | HD95 mm "
-          "| anterior DSC | posterior DSC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| anterior DSC | posterior DSC | ΔDSC vs resse_gan (p) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         csv.append(f"{r['model']},\"{r['label']}\",{r['epochs']:.2f},{r['train_min']:.2f},{r['samples_per_s']:.2f},"
                    f"{r['unit']},{r['parameters']},{r['d_parameters'] if r['d_parameters'] is not None else ''},"
-                   + ",".join(f"{r[k][0]:.5g},{r[k][1]:.5g}" for k in _COLUMNS))
+                   + ",".join(f"{r[k][0]:.5g},{r[k][1]:.5g}" for k in _COLUMNS)
+                   + f",{r.get('delta_dsc', float('nan')):.5g},{r.get('p_wilcoxon', float('nan')):.3g}")
         cells = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k != "hd95" else f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in _COLUMNS]
         md.append(f"| {r['label']} (`{r['model']}`) | {r['epochs']:.1f} | {r['train_min']:.1f} | "
-                  f"{r['samples_per_s']:.1f} {r['unit']} | {r['parameters']:,} | " + " | ".join(cells) + " |")
+                  f"{r['samples_per_s']:.1f} {r['unit']} | {r['parameters']:,} | " + " | ".join(cells)
+                  + (f" | {r['delta_dsc']:+.3f} ({r['p_wilcoxon']:.2g}) |" if "delta_dsc" in r else " | |"))
     Path(f"{out}.csv").write_text("\n".join(csv) + "\n")
     table = "\n".join(md) + "\n"
     path = Path(f"{out}.md")
