@@ -56,12 +56,14 @@ WIDTHS: dict[str, dict[str, list[int]]] = {
 """Encoder/decoder widths of the candidate generators (ResNet34 depth 3-4-6-3 in all)."""
 
 
-def generator_kwargs(width: str, out_channels: int = 3, context: int = 0) -> dict:
+def generator_kwargs(width: str, out_channels: int = 3, context: int = 0, stem_skip: int = 0) -> dict:
     """Return the exact ``ResSEGenerator`` kwargs (JSON-able, for ``network_def``) of a ``WIDTHS`` preset;
-    ``context`` sagittal neighbours on each side come in as extra channels (2.5D)."""
+    ``context`` sagittal neighbours on each side come in as extra channels (2.5D); ``stem_skip`` channels of
+    full-resolution skip (0: the paper's decoder)."""
     if width not in WIDTHS:
         raise ValueError(f"width must be one of {sorted(WIDTHS)}, got {width!r}.")
-    return {"spatial_dims": 2, "in_channels": 2 * context + 1, "out_channels": out_channels, **WIDTHS[width]}
+    kwargs = {"spatial_dims": 2, "in_channels": 2 * context + 1, "out_channels": out_channels, **WIDTHS[width]}
+    return kwargs | ({"stem_skip": stem_skip} if stem_skip else {})
 
 
 def load_volumes(rows: Sequence[dict], context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="cosine", choices=("none", "cosine"))
     p.add_argument("--warmup", type=float, default=0.03, help="share of the schedule with linear warm-up")
     p.add_argument("--context", type=int, default=0, help="sagittal neighbours on each side as channels (2.5D)")
+    p.add_argument("--stem-skip", type=int, default=0, help="channels of the full-resolution skip (0: the paper)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (hard cap)")
     p.add_argument("--epochs", type=int, default=None, help="schedule over this many epochs (else over --minutes)")
@@ -255,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(train_rows), len(val_rows), data.n_planes, len(data), time.perf_counter() - start,
     )
 
-    g_kwargs = generator_kwargs(args.width, context=args.context)
+    g_kwargs = generator_kwargs(args.width, context=args.context, stem_skip=args.stem_skip)
     g_net = ResSEGenerator(**g_kwargs)
     d_kwargs = {"spatial_dims": 2, "in_channels": g_kwargs["in_channels"] + g_kwargs["out_channels"], "channels": args.d_channels}
     d_net = SegDiscriminator(**d_kwargs) if adv_weight > 0 else None

@@ -7,6 +7,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 from torch import nn
 
@@ -37,8 +38,12 @@ class ResSEGenerator(nn.Module):
     Encoder: :class:`~hippogan.networks.encoders.ResNetFeatureEncoder` (MONAI ``ResNet``; five feature
     maps at strides 2-32). Decoder: five :class:`~hippogan.networks.blocks.SEDecoderBlock` (upsample,
     concatenate the skip, channel-adjusting convolution, SE block, factorised Inception block); the last one
-    returns to full resolution without a skip. Head: a 3x3(x3) convolution to ``out_channels`` logits,
+    returns to full resolution, without a skip unless ``stem_skip`` adds one from the input. Head: a 3x3(x3) convolution to ``out_channels`` logits,
     then ``out_act``.
+
+    ``stem_skip > 0`` (beyond the paper, whose finest skip is the stride-2 stem): a full-resolution 3x3(x3)
+    convolution of the input (``stem_skip`` channels, norm, activation) becomes the skip of the last decoder
+    scale, so boundaries are decoded with full-resolution features (as in a U-Net).
 
     Inputs of any spatial size work: each axis is padded (``pad_mode``, centred) up to the next multiple
     of 32 (:attr:`size_divisible`) and the output is cropped back, so ``(B, C, 35, 51)`` gives
@@ -64,6 +69,7 @@ class ResSEGenerator(nn.Module):
         norm: decoder normalisation type and arguments.
         out_act: ``None`` (logits), ``"sigmoid"`` or ``"softmax"`` (over channels; needs ``out_channels >= 2``).
         pad_mode: how inputs are padded to a multiple of 32: ``"constant"`` (zeros), ``"reflect"``, ``"replicate"``.
+        stem_skip: channels of the full-resolution skip into the last decoder scale (0: none, the paper).
 
     Shapes: ``(B, in_channels, H, W[, D])`` -> ``(B, out_channels, H, W[, D])``.
 
@@ -88,6 +94,7 @@ class ResSEGenerator(nn.Module):
         norm: str | tuple = "batch",
         out_act: str | None = None,
         pad_mode: str = "replicate",
+        stem_skip: int = 0,
     ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -98,6 +105,8 @@ class ResSEGenerator(nn.Module):
             raise ValueError("out_act='softmax' needs out_channels >= 2; use 'sigmoid' for one label map.")
         if pad_mode not in _PAD_MODES:
             raise ValueError(f"pad_mode must be one of {_PAD_MODES}, got {pad_mode!r}.")
+        if stem_skip < 0:
+            raise ValueError(f"stem_skip must be >= 0 channels, got {stem_skip}.")
         if len(decoder_channels) != 5 or any(int(c) < 1 for c in decoder_channels):
             raise ValueError(
                 f"decoder_channels must be 5 positive integers (one per encoder scale), got {tuple(decoder_channels)}."
@@ -106,7 +115,12 @@ class ResSEGenerator(nn.Module):
         self.pad_mode = pad_mode
         self.size_divisible: int = ResNetFeatureEncoder.reduction
         self.encoder = ResNetFeatureEncoder(spatial_dims, in_channels, channels, layers, encoder)
-        skip_channels = [*self.encoder.out_channels[:-1][::-1], 0]
+        self.stem_skip: nn.Module | None = (
+            Convolution(spatial_dims, in_channels, int(stem_skip), kernel_size=3, act=act, norm=norm, bias=False)
+            if stem_skip > 0
+            else None
+        )
+        skip_channels = [*self.encoder.out_channels[:-1][::-1], int(stem_skip)]
         block_in = [self.encoder.out_channels[-1], *decoder_channels[:-1]]
         self.decoder = nn.ModuleList(
             SEDecoderBlock(
@@ -143,6 +157,8 @@ class ResSEGenerator(nn.Module):
 
         features = self.encoder(x)
         skips = features[:-1][::-1]
+        if self.stem_skip is not None:
+            skips.append(self.stem_skip(x))
         y = features[-1]
         for i, block in enumerate(self.decoder):
             skip: torch.Tensor | None = skips[i] if i < len(skips) else None

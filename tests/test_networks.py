@@ -134,10 +134,11 @@ def test_discriminator_shapes(spatial_dims, shape, patch_output, expected) -> No
     [
         lambda: ResSEGenerator(2, 1, 3, **NARROW_2D),
         lambda: ResSEGenerator(2, 1, 1, encoder="plain", se=False, inception=False, **NARROW_2D),
+        lambda: ResSEGenerator(2, 1, 3, stem_skip=8, **NARROW_2D),
         lambda: SegDiscriminator(2, 2, **NARROW_D),
         lambda: SegDiscriminator(2, 2, patch_output=True, **NARROW_D),
     ],
-    ids=["res-se-inception", "plain", "discriminator", "patch-discriminator"],
+    ids=["res-se-inception", "plain", "stem-skip", "discriminator", "patch-discriminator"],
 )
 def test_gradients_reach_every_parameter(make) -> None:
     """One backward pass reaches every weight (also the SE's single hidden unit at 16 channels and r = 16)."""
@@ -179,10 +180,13 @@ def test_inception_kernels_are_factorised(spatial_dims: int, expected: set) -> N
         (lambda: ResSEGenerator(2, 1, 3, **NARROW_2D), (2, 1, 35, 51)),
         (lambda: ResSEGenerator(2, 1, 1, encoder="plain", se=False, inception=False, **NARROW_2D), (2, 1, 64, 64)),
         (lambda: ResSEGenerator(3, 1, 3, **NARROW_3D), (1, 1, 20, 27, 33)),
+        (lambda: ResSEGenerator(2, 1, 3, stem_skip=8, **NARROW_2D), (2, 1, 35, 51)),
+        (lambda: ResSEGenerator(3, 1, 3, stem_skip=4, **NARROW_3D), (1, 1, 20, 27, 33)),
         (lambda: SegDiscriminator(2, 2, **NARROW_D), (2, 2, 35, 51)),
         (lambda: SegDiscriminator(3, 2, patch_output=True, **NARROW_D), (1, 2, 20, 27, 33)),
     ],
-    ids=["generator", "generator-plain", "generator-3d", "discriminator", "patch-discriminator-3d"],
+    ids=["generator", "generator-plain", "generator-3d", "stem-skip", "stem-skip-3d", "discriminator",
+         "patch-discriminator-3d"],
 )
 def test_torchscript_matches_eager(make, shape: tuple) -> None:
     net = make().eval()
@@ -203,6 +207,21 @@ def test_channels_last_matches_contiguous(spatial_dims, shape, memory_format) ->
         expected = net(x)
         net = net.to(memory_format=memory_format)
         torch.testing.assert_close(net(x.contiguous(memory_format=memory_format)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_stem_skip_feeds_full_resolution_features_to_the_last_decoder_scale() -> None:
+    """``stem_skip=C``: the last decoder scale gets a ``(B, C, H, W)`` skip at the input's resolution (the paper's
+    finest skip is the stride-2 stem); ``stem_skip=0`` adds no parameter, so the paper's state dicts still load."""
+    paper = ResSEGenerator(2, 1, 3, **NARROW_2D)
+    skip = ResSEGenerator(2, 1, 3, stem_skip=8, **NARROW_2D).eval()
+    assert paper.stem_skip is None
+    assert set(skip.state_dict()) - set(paper.state_dict()) == {k for k in skip.state_dict() if k.startswith("stem_skip.")}
+    seen = {}
+    skip.decoder[-1].register_forward_hook(lambda module, args, out: seen.update(skip=args[1].shape))
+    with torch.no_grad():
+        skip(torch.randn(2, 1, 64, 64))
+    assert seen["skip"] == (2, 8, 64, 64)
+    assert skip.decoder[-1].adjust.conv.in_channels == NARROW_2D["decoder_channels"][-2] + 8
 
 
 def test_out_act() -> None:
@@ -232,6 +251,7 @@ def test_out_act() -> None:
         {"se_reduction": 32},
         {"se_reduction": 0},
         {"inception_kernels": (2,)},
+        {"stem_skip": -1},
     ],
 )
 def test_generator_rejects_bad_arguments(kwargs: dict) -> None:
