@@ -24,12 +24,13 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Events
+from monai.data import set_track_meta
 from monai.handlers import LrScheduleHandler
 from monai.losses import DiceCELoss, DiceLoss
 from monai.utils import set_determinism
@@ -39,6 +40,7 @@ from hippogan.networks import ResSEGenerator, SegDiscriminator
 from hippogan.pipeline.manifest import load_manifest, split_by_fold
 from hippogan.pipeline.metrics import evaluate_case
 from hippogan.pipeline.trainer import ConditionalGanTrainer, default_optimizer
+from hippogan.transforms.augmentation import get_plane_augmentation
 from hippogan.transforms.chains import get_preprocessing
 from hippogan.transforms.keys import IMAGE, LABEL
 from hippogan.transforms.slicing import sagittal_inferer, sagittal_slices
@@ -89,12 +91,16 @@ class SliceEpochs:
         batch_size: planes per batch (the last, smaller batch is dropped).
         empty_fraction: share of empty planes kept, in [0, 1].
         seed: seed of the plane draw and shuffle.
+        augment: a dictionary transform applied to each plane pair ``{"image": (1, 64, 64), "label": (1, 64, 64)}``
+            (e.g. :func:`~hippogan.transforms.augmentation.get_plane_augmentation`), or None.
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, empty_fraction: float, seed: int = 0
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, empty_fraction: float, seed: int = 0,
+        augment: Callable | None = None,
     ) -> None:
         self.volumes = {IMAGE: images, LABEL: labels}
+        self.augment = augment
         self.batch_size = batch_size
         self.empty_fraction = empty_fraction
         self.generator = torch.Generator().manual_seed(seed)
@@ -108,7 +114,11 @@ class SliceEpochs:
         order = torch.randperm(len(planes[IMAGE]), generator=self.generator)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield {IMAGE: planes[IMAGE][index], LABEL: planes[LABEL][index].float()}
+            batch = {IMAGE: planes[IMAGE][index], LABEL: planes[LABEL][index].float()}
+            if self.augment is not None:
+                pairs = [self.augment({IMAGE: image, LABEL: label}) for image, label in zip(batch[IMAGE], batch[LABEL])]
+                batch = {key: torch.stack([torch.as_tensor(pair[key]) for pair in pairs]) for key in (IMAGE, LABEL)}
+            yield batch
 
 
 class _DiceL1(torch.nn.Module):
@@ -217,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="cosine", choices=("none", "cosine"))
     p.add_argument("--warmup", type=float, default=0.03, help="share of the schedule with linear warm-up")
     p.add_argument("--context", type=int, default=0, help="sagittal neighbours on each side as channels (2.5D)")
+    p.add_argument("--augment", action="store_true", help="random in-plane affine + intensity jitter of the planes")
     p.add_argument("--stem-skip", type=int, default=0, help="channels of the full-resolution skip (0: the paper)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (hard cap)")
@@ -252,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_rows, val_rows = split_by_fold(load_manifest(args.manifest, args.dataset_dir), args.fold)
     train_img, train_lab = load_volumes(train_rows, args.context)
     val_img, val_lab = load_volumes(val_rows, args.context)
-    data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed)
+    augment = None
+    if args.augment:
+        set_track_meta(False)  # plain tensors through the random transforms: 3x faster
+        augment = get_plane_augmentation()
+        augment.set_random_state(args.seed)
+    data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed, augment=augment)
     logger.info(
         "data: %d train / %d val cases, %d planes per epoch, %d batches; loaded in %.1f s",
         len(train_rows), len(val_rows), data.n_planes, len(data), time.perf_counter() - start,

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,8 @@ class SagittalSliceDataset(Dataset):
         seed: seed of the empty-plane draw.
         keys: keys sliced in step (same plane for image and label).
         label_key: key whose non-zero voxels mark a plane as labelled.
+        transform: a dictionary transform applied to each plane (e.g. the random
+            :func:`~hippogan.transforms.augmentation.get_plane_augmentation`), or None.
 
     Items: ``{key: (C, Y, Z)}`` plain float tensors (``(1, 64, 64)`` for the default ROI).
 
@@ -129,6 +131,7 @@ class SagittalSliceDataset(Dataset):
         seed: int = 0,
         keys: Sequence[Hashable] = (IMAGE, LABEL),
         label_key: Hashable = LABEL,
+        transform: Callable[[dict], Mapping] | None = None,
     ) -> None:
         if not 0.0 <= float(empty_fraction) <= 1.0:
             raise ValueError(f"SagittalSliceDataset: empty_fraction must be in [0, 1], got {empty_fraction}.")
@@ -137,6 +140,7 @@ class SagittalSliceDataset(Dataset):
         if len(volumes) == 0:
             raise ValueError("SagittalSliceDataset: no volumes to slice (empty training set).")
         self.keys = tuple(keys)
+        self.transform = transform
         self.seed = int(seed)
         self.volumes: list[dict[Hashable, torch.Tensor]] = []
         labelled, empty = [], []
@@ -180,7 +184,11 @@ class SagittalSliceDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[Hashable, torch.Tensor]:
         volume, x = self.index[item].tolist()
-        return {key: self.volumes[volume][key][:, x] for key in self.keys}
+        plane = {key: self.volumes[volume][key][:, x] for key in self.keys}
+        if self.transform is None:
+            return plane
+        out = self.transform(plane)
+        return {key: _plain(out[key]) for key in self.keys}
 
 
 class SetEpochHandler:

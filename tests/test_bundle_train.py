@@ -225,6 +225,18 @@ def test_slice_dataset_redraws_per_epoch_reproducibly() -> None:
     assert torch.equal(plane[IMAGE], _volumes()[volume][IMAGE][:, x])
 
 
+def test_slice_dataset_applies_the_plane_transform() -> None:
+    """The transform sees each plane dict and its MONAI output comes back as plain tensors."""
+    from monai.transforms import Flipd
+
+    plain = SagittalSliceDataset(_volumes(), empty_fraction=0.0)
+    flipped = SagittalSliceDataset(_volumes(), empty_fraction=0.0, transform=Flipd([IMAGE, LABEL], spatial_axis=0))
+    for i in range(len(plain)):
+        out = flipped[i]
+        assert type(out[IMAGE]) is torch.Tensor and type(out[LABEL]) is torch.Tensor
+        assert torch.equal(out[LABEL], plain[i][LABEL].flip(1))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hippogan.transforms.augmentation import get_plane_augmentation
 from hippogan.transforms.chains import get_loading, get_postprocessing, get_preprocessing
 from hippogan.transforms.context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
 from hippogan.transforms.intensity import (
@@ -37,6 +38,7 @@ __all__ = [
     "RIGHT",
     "UNKNOWN_SIDE",
     "SitkDicomSeriesReader",
+    "get_plane_augmentation",
     "scan_loader",
     "ScaleIntensityRangePercentilesNonzero",
     "ScaleIntensityRangePercentilesNonzerod",
