@@ -17,8 +17,10 @@ logits, Nadam (beta1 0.5), lr 1e-3 (D 2e-4), 3 output classes. Models (``MODELS`
 
 - ``resse_gan``: the narrow Res-SEblock GAN (the paper's networks; adversarial weight 0.05, ``SegDiscriminator``
   16-32-64-128); ``resse_sup``: the same generator without the discriminator (supervised loss alone);
-- ``resse_skip``: the shipped generator (``resse_sup`` plus a 16-channel full-resolution skip, ``stem_skip=16``),
-  without discriminator; ``resse_skip_gan``: the same with the discriminator;
+- ``ours``: the shipped recipe: ``resse_sup`` plus a 16-channel full-resolution skip (``stem_skip=16``) and random
+  plane augmentation (:func:`~hippogan.transforms.augmentation.get_plane_augmentation`), no discriminator;
+  ``ours_gan``: the same with the discriminator (the Res-SEblock GAN as we would train it);
+  ``attention_unet_aug``: MONAI's AttentionUnet with the same augmentation;
 - ``gan``, ``res_gan``, ``se_gan``: the paper's ablations (:data:`hippogan.networks.ABLATION_VARIANTS`), as GANs;
 - ``unet2d``, ``attention_unet``: MONAI ``UNet`` / ``AttentionUnet`` on the same planes, supervised;
 - ``unet3d``: MONAI ``UNet`` (3D) on whole volumes, supervised.
@@ -51,6 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Events
+from monai.data import set_track_meta
 from monai.losses import DiceCELoss
 from monai.networks.nets import AttentionUnet, UNet
 from monai.utils import set_determinism
@@ -63,6 +66,7 @@ from hippogan.networks import ABLATION_VARIANTS, ResSEGenerator, SegDiscriminato
 from hippogan.pipeline.manifest import load_manifest, split_by_fold  # noqa: E402
 from hippogan.pipeline.metrics import evaluate_case  # noqa: E402
 from hippogan.pipeline.trainer import ConditionalGanTrainer, default_optimizer  # noqa: E402
+from hippogan.transforms.augmentation import get_plane_augmentation  # noqa: E402
 from hippogan.transforms.keys import IMAGE, LABEL  # noqa: E402
 
 __all__ = ["MODELS", "VolumeEpochs", "build_model", "evaluate_3d", "train_one", "collect", "main"]
@@ -71,10 +75,12 @@ logger = logging.getLogger("bench_accuracy")
 
 _UNET = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2)}
 MODELS: dict[str, dict] = {
-    "resse_skip": {"label": "Res-SEblock generator + full-res skip, no discriminator (ours, shipped)", "family": "resse",
-                   "variant": "Res SEblock GAN", "adv": 0.0, "stem_skip": 16},
-    "resse_skip_gan": {"label": "Res-SEblock GAN + full-res skip", "family": "resse", "variant": "Res SEblock GAN",
-                       "adv": 0.05, "stem_skip": 16},
+    "ours": {"label": "Res-SEblock generator + full-res skip + augmentation, no D (ours, shipped)", "family": "resse",
+             "variant": "Res SEblock GAN", "adv": 0.0, "stem_skip": 16, "augment": True},
+    "ours_gan": {"label": "the same + conditional discriminator (Res-SEblock GAN)", "family": "resse",
+                 "variant": "Res SEblock GAN", "adv": 0.05, "stem_skip": 16, "augment": True},
+    "attention_unet_aug": {"label": "MONAI AttentionUnet 2D + augmentation", "family": "attention_unet", "adv": 0.0,
+                           "augment": True},
     "resse_gan": {"label": "Res-SEblock GAN (the paper's networks)", "family": "resse", "variant": "Res SEblock GAN", "adv": 0.05},
     "resse_sup": {"label": "Res-SEblock generator, no discriminator", "family": "resse", "variant": "Res SEblock GAN", "adv": 0.0},
     "gan": {"label": "GAN (plain encoder, no SE)", "family": "resse", "variant": "GAN", "adv": 0.05},
@@ -84,7 +90,8 @@ MODELS: dict[str, dict] = {
     "attention_unet": {"label": "MONAI AttentionUnet 2D", "family": "attention_unet", "adv": 0.0},
     "unet3d": {"label": "MONAI UNet 3D (whole volume)", "family": "unet3d", "adv": 0.0},
 }
-"""Benchmark models: table label, network family, ablation variant, adversarial weight, full-res skip channels."""
+"""Benchmark models: table label, network family, ablation variant, adversarial weight, full-res skip channels,
+plane augmentation."""
 
 
 def build_model(name: str) -> tuple[torch.nn.Module, dict]:
@@ -166,7 +173,12 @@ def train_one(args: argparse.Namespace) -> dict:
     if is_3d:
         data = VolumeEpochs(train_img, train_lab, args.batch_size_3d, seed=args.seed)
     else:
-        data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed)
+        augment = None
+        if spec.get("augment"):
+            set_track_meta(False)  # plain tensors through the random transforms: 3x faster
+            augment = get_plane_augmentation()
+            augment.set_random_state(args.seed)
+        data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed, augment=augment)
     batch_size = args.batch_size_3d if is_3d else args.batch_size
     logger.info("%s: %d train / %d val cases, %d %s per epoch; loaded in %.1f s", name, len(train_rows),
                 len(val_rows), data.n_planes, "volumes" if is_3d else "planes", time.perf_counter() - start)
