@@ -162,6 +162,20 @@ def test_export_generator_fp16(trained: dict, tmp_path: Path) -> None:
         export_generator(trained["run"] / "checkpoints" / "best.pt", tmp_path / "x.pt", key="x_network")
 
 
+def test_cpu_recipe_config_trains_the_shipped_architecture(msd_dir: Path, tmp_path: Path) -> None:
+    """``train.yaml`` + ``train_cpu.yaml`` (the shipped recipe: full-resolution skip, plane augmentation,
+    one-cycle schedule) trains one epoch and its export loads into the inference config's architecture."""
+    manifest = write_manifest(tmp_path / "manifest.csv")
+    wf = workflow(msd_dir, manifest, tmp_path / "run", extra_configs=("train_cpu.yaml",))
+    wf.initialize()
+    assert wf.parser.get_parsed_content("train#dataset").transform is not None
+    wf.run()
+    wf.finalize()
+    weights = torch.load(export_generator(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "m.pt"), weights_only=True)
+    assert any(key.startswith("stem_skip.") for key in weights)
+    ResSEGenerator(spatial_dims=2, in_channels=1, out_channels=3, stem_skip=16, **NARROW_G).load_state_dict(weights)
+
+
 def test_multi_gpu_config_trains_with_torchrun(msd_dir: Path, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "manifest.csv", n_val=2)
     args: list[str] = []
