@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import platform
 import subprocess
 import sys
@@ -53,20 +52,20 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Events
-from monai.data import set_track_meta
 from monai.losses import DiceCELoss
 from monai.networks.nets import AttentionUnet, UNet
 from monai.utils import set_determinism
 from scipy.stats import wilcoxon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_recipe import SliceEpochs, evaluate, generator_kwargs, load_volumes  # noqa: E402
+from cpu_recipe import (  # noqa: E402
+    SliceEpochs, attach_time_budget, evaluate, generator_kwargs, load_volumes, plane_augmentation, set_warmup_cosine_lr,
+)
 
 from hippogan.networks import ABLATION_VARIANTS, ResSEGenerator, SegDiscriminator  # noqa: E402
 from hippogan.pipeline.manifest import load_manifest, split_by_fold  # noqa: E402
 from hippogan.pipeline.metrics import evaluate_case  # noqa: E402
 from hippogan.pipeline.trainer import ConditionalGanTrainer, default_optimizer  # noqa: E402
-from hippogan.transforms.augmentation import get_plane_augmentation  # noqa: E402
 from hippogan.transforms.keys import IMAGE, LABEL  # noqa: E402
 
 __all__ = ["MODELS", "VolumeEpochs", "build_model", "evaluate_3d", "train_one", "collect", "main"]
@@ -173,11 +172,7 @@ def train_one(args: argparse.Namespace) -> dict:
     if is_3d:
         data = VolumeEpochs(train_img, train_lab, args.batch_size_3d, seed=args.seed)
     else:
-        augment = None
-        if spec.get("augment"):
-            set_track_meta(False)  # plain tensors through the random transforms: 3x faster
-            augment = get_plane_augmentation()
-            augment.set_random_state(args.seed)
+        augment = plane_augmentation(args.seed) if spec.get("augment") else None
         data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed, augment=augment)
     batch_size = args.batch_size_3d if is_3d else args.batch_size
     logger.info("%s: %d train / %d val cases, %d %s per epoch; loaded in %.1f s", name, len(train_rows),
@@ -203,18 +198,9 @@ def train_one(args: argparse.Namespace) -> dict:
         p = (time.perf_counter() - clock["start"]) / budget
         if args.epochs:
             p = max(p, (engine.state.iteration - 1) / (args.epochs * len(data)))
-        p, w = min(p, 1.0), args.warmup
-        factor = p / w if p < w else 0.5 * (1 + math.cos(math.pi * (p - w) / (1 - w)))
-        for opt, lr in ((g_opt, args.lr), (d_opt, args.d_lr)):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = lr * max(factor, 0.01)
+        set_warmup_cosine_lr(((g_opt, args.lr), (d_opt, args.d_lr)), p, args.warmup)
 
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _budget(engine) -> None:
-        if time.perf_counter() - clock["start"] > budget:
-            logger.info("%s: wall-time budget of %.1f min reached at iteration %d", name, args.minutes, engine.state.iteration)
-            engine.terminate()
+    attach_time_budget(trainer, budget, lambda: time.perf_counter() - clock["start"], name)
 
     @trainer.on(Events.EPOCH_STARTED)
     def _epoch_start(engine) -> None:
@@ -278,8 +264,7 @@ _COLUMNS = ("dsc", "sen", "ppv", "jaccard", "hd95", "dsc_class1", "dsc_class2")
 
 def _model_runs(out: str, name: str, cv: int | None) -> tuple[list[dict], pd.DataFrame] | None:
     """The run JSONs and the concatenated per-case table (with a ``fold`` column) of one model, or None."""
-    paths = sorted(Path(out).parent.glob(f"{Path(run_prefix(out, name, 0)).name[:-1]}*.json")) if cv else [
-        Path(f"{out}_{name}.json")]
+    paths = sorted(Path(out).parent.glob(f"{Path(out).name}_{name}_fold*.json")) if cv else [Path(f"{out}_{name}.json")]
     paths = [path for path in paths if path.exists()]
     if not paths:
         return None

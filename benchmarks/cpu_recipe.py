@@ -45,7 +45,10 @@ from hippogan.transforms.chains import get_preprocessing
 from hippogan.transforms.keys import IMAGE, LABEL
 from hippogan.transforms.slicing import sagittal_inferer, sagittal_slices
 
-__all__ = ["WIDTHS", "generator_kwargs", "load_volumes", "SliceEpochs", "build_loss", "one_cycle", "evaluate", "main"]
+__all__ = [
+    "WIDTHS", "generator_kwargs", "load_volumes", "SliceEpochs", "build_loss", "one_cycle", "plane_augmentation",
+    "set_warmup_cosine_lr", "attach_time_budget", "evaluate", "main",
+]
 
 logger = logging.getLogger("cpu_recipe")
 
@@ -151,6 +154,37 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int, war
         optimizer, max_lr=lr, total_steps=total_steps, pct_start=warmup, anneal_strategy="cos",
         div_factor=25.0, final_div_factor=4.0, cycle_momentum=False,
     )
+
+
+def plane_augmentation(seed: int) -> Callable:
+    """The seeded random plane augmentation of ``--augment``; turns MONAI meta tracking off for this process
+    (plain tensors through the random transforms: 3x faster), so call it after the volumes are pre-processed."""
+    set_track_meta(False)
+    augment = get_plane_augmentation()
+    augment.set_random_state(seed)
+    return augment
+
+
+def set_warmup_cosine_lr(optimizers: Sequence[tuple[torch.optim.Optimizer | None, float]], progress: float,
+                         warmup: float) -> None:
+    """Set each ``(optimizer, peak lr)`` to a linear warm-up over the first ``warmup`` of the schedule, then a
+    cosine decay, floored at 1% of the peak; ``progress`` in [0, 1] (clipped above). ``None`` optimizers are skipped."""
+    p = min(progress, 1.0)
+    factor = p / warmup if p < warmup else 0.5 * (1 + math.cos(math.pi * (p - warmup) / (1 - warmup)))
+    for opt, lr in optimizers:
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr * max(factor, 0.01)
+
+
+def attach_time_budget(trainer, seconds: float, elapsed: Callable[[], float], label: str) -> None:
+    """Terminate ``trainer`` after the iteration at which ``elapsed()`` (seconds) passes ``seconds``."""
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _budget(engine) -> None:
+        if elapsed() > seconds:
+            logger.info("%s: time budget of %.1f min reached at iteration %d", label, seconds / 60, engine.state.iteration)
+            engine.terminate()
 
 
 def predict(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -263,11 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_rows, val_rows = split_by_fold(load_manifest(args.manifest, args.dataset_dir), args.fold)
     train_img, train_lab = load_volumes(train_rows, args.context)
     val_img, val_lab = load_volumes(val_rows, args.context)
-    augment = None
-    if args.augment:
-        set_track_meta(False)  # plain tensors through the random transforms: 3x faster
-        augment = get_plane_augmentation()
-        augment.set_random_state(args.seed)
+    augment = plane_augmentation(args.seed) if args.augment else None
     data = SliceEpochs(train_img, train_lab, args.batch_size, args.empty_fraction, seed=args.seed, augment=augment)
     logger.info(
         "data: %d train / %d val cases, %d planes per epoch, %d batches; loaded in %.1f s",
@@ -306,19 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         @trainer.on(Events.ITERATION_STARTED)
         def _schedule(engine) -> None:  # time-based warm-up + cosine, for fixed-minute pilots
-            p = min(progress(engine), 1.0)
-            w = args.warmup
-            factor = p / w if p < w else 0.5 * (1 + math.cos(math.pi * (p - w) / (1 - w)))
-            for opt, lr in ((g_opt, args.lr), (d_opt, args.d_lr)):
-                if opt is not None:
-                    for group in opt.param_groups:
-                        group["lr"] = lr * max(factor, 0.01)
+            set_warmup_cosine_lr(((g_opt, args.lr), (d_opt, args.d_lr)), progress(engine), args.warmup)
 
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _budget(engine) -> None:
-        if time.perf_counter() - clock["train_start"] - clock["eval_s"] > budget:
-            logger.info("time budget of %.1f min reached at iteration %d", args.minutes, engine.state.iteration)
-            engine.terminate()
+    attach_time_budget(trainer, budget, lambda: time.perf_counter() - clock["train_start"] - clock["eval_s"], "training")
 
     @trainer.on(Events.EPOCH_STARTED)
     def _epoch_start(engine) -> None:
