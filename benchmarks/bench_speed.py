@@ -7,9 +7,9 @@ the standard library, so the ``ru_maxrss`` a worker inherits from it at spawn is
 - **ours**: the shipped bundle through the real code path, ``segmenter_from_bundle(bundle)`` (its
   ``configs/inference.yaml``: ``models/model.pt``, the narrow Res-SEblock generator, ``mode: auto``, LCC on);
 - **MONAI 3D UNet**: ``UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128, 256),
-  strides=(2, 2, 2, 2), num_res_units=2)`` with random weights, run by the same :class:`Segmenter` (same
-  ``get_preprocessing`` / ``get_postprocessing`` chains, same LCC) with a ``SimpleInferer`` whole-ROI forward
-  on the ``(B, 1, 48, 64, 64)`` ROI batch;
+  strides=(2, 2, 2, 2), num_res_units=2)`` with random weights, run by the same ``segmenter_from_bundle`` (same
+  ``configs/inference.yaml`` pre- and postprocessing, same LCC) with ``network_def`` and ``ckpt_path`` overridden,
+  a ``SimpleInferer`` whole-ROI forward on the ``(B, 1, 48, 64, 64)`` ROI batch, no empty-plane skip;
 - **MONAI 2D UNet**: the same UNet with ``spatial_dims=2``, random weights, on the sagittal 64x64 planes (the
   bundle's ``sagittal_inferer``, empty planes skipped, ``channels_last``), i.e. a drop-in for our generator.
 
@@ -21,10 +21,12 @@ that ``(1, 1, 48, 64, 64)`` ROI); peak RSS after the MSD phase and after the who
 The models take turns (A, B, C, A, B, C, ... per scan and per network call; several rounds), the medians are
 reported, and each figure of ours is also given as the ratio ours / baseline.
 
-Training throughput: 2D sagittal planes per second of ``ConditionalGanTrainer._iteration`` (prepare batch,
-G forward, D step, G backward + step; the engine's own code) with the CPU recipe's networks, loss, weights and
-optimisers read from the bundle (``configs/train.yaml`` + ``configs/train_cpu.yaml``), batch ``--batch`` (16)
-of real MSD planes holding hippocampus; the same with the MONAI 2D UNet as generator (same D), in turns.
+Training throughput: 2D sagittal planes per second of the bundle's trainer iteration
+(``ConditionalGanTrainer._iteration``: prepare batch, G forward, D step when ``adversarial_weight > 0``, G backward
++ step), the trainer built by ``hippogan train``'s code (``build_train_workflow``) from ``configs/train.yaml`` +
+``configs/train_cpu.yaml`` (ours; ``adversarial_weight`` 0, so the generator alone) and the same +
+``benchmarks/configs/unet2d.yaml`` (MONAI 2D UNet), on a manifest of ``--train-cases`` MSD cases, batch
+``--batch`` (16) planes of the recipe's own data loader; the two in turns.
 
 GPU figures are measured only when CUDA is available (otherwise the run says so). On a shared machine the
 absolute seconds are inflated by other jobs (the load average is printed with the figures): the ratios, measured
@@ -54,11 +56,12 @@ __all__ = ["WORKERS", "Worker", "main", "worker_main"]
 logger = logging.getLogger("bench_speed")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLE = ROOT / "bundles" / "hippocampus_resse_gan"
+CONFIGS = ROOT / "benchmarks" / "configs"
+DEFAULT_BUNDLE = ROOT / "bundles" / "hippocampus_resse_gan"  # = hippogan.pipeline.bundled.DEFAULT_BUNDLE (not
+# imported: this parent process imports only the standard library, see the module docstring)
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "msd_hippocampus"
-UNET_KWARGS = {"in_channels": 1, "out_channels": 3, "channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2),
+UNET_KWARGS = {"in_channels": 1, "out_channels": 3, "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
                "num_res_units": 2}  # fmt: skip
-ROI = {"roi_size": (48, 64, 64)}  # the bundle's roi_size, voxels
 WORKERS = ("ours", "unet3d", "unet2d")
 """Inference workers: the shipped bundle, MONAI 3D UNet (whole ROI), MONAI 2D UNet (sagittal planes)."""
 LABELS = {"ours": "ours (bundle)", "unet3d": "MONAI 3D UNet", "unet2d": "MONAI 2D UNet"}
@@ -82,30 +85,35 @@ def _rss_mb() -> dict[str, float]:
 
 
 class _InferenceModel:
-    """One model in a worker: builds its :class:`Segmenter` and times ``segment`` and the network alone."""
+    """One model in a worker: the bundle's segmenter (``segmenter_from_bundle``) and timings of it and its network.
+
+    ``ours`` is the bundle as shipped; the UNets are the same ``configs/inference.yaml`` with ``network_def`` and
+    ``ckpt_path`` overridden (random weights saved to a temporary file), and for the 3D UNet a ``SimpleInferer``
+    over the whole ROI, without the 2D-only empty-plane skip and ``channels_last``.
+    """
 
     def __init__(self, kind: str, bundle: Path, device: str) -> None:
         import torch
+        from monai.bundle import ConfigParser
 
-        from hippogan.pipeline.inference import Segmenter, segmenter_from_bundle
+        from hippogan.pipeline.segmenter import segmenter_from_bundle
 
         self.torch = torch
         self.device = torch.device(device)
         self.kind = kind
-        if kind == "ours":
-            overrides = {"device": f"$torch.device('{device}')"}
-            self.segmenter = segmenter_from_bundle(bundle, overrides)
-        else:
-            from monai.inferers import SimpleInferer
-            from monai.networks.nets import UNet
-
+        self._weights = tempfile.TemporaryDirectory(prefix="bench_speed_weights_")
+        overrides: dict[str, Any] = {"device": f"$torch.device('{device}')"}
+        if kind != "ours":
+            network_def = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3 if kind == "unet3d" else 2,
+                           **UNET_KWARGS}  # fmt: skip
             torch.manual_seed(0)
-            net = UNet(spatial_dims=3 if kind == "unet3d" else 2, **UNET_KWARGS)
-            if kind == "unet3d":  # whole ROI forward; channels_last and the empty-plane skip are 2D-only
-                self.segmenter = Segmenter(net, inferer=SimpleInferer(), skip_empty=False, channels_last=False,
-                                           device=self.device, preprocessing_kwargs=ROI)  # fmt: skip
-            else:
-                self.segmenter = Segmenter(net, device=self.device, preprocessing_kwargs=ROI)
+            weights = Path(self._weights.name) / f"{kind}.pt"
+            torch.save(ConfigParser({"net": network_def}).get_parsed_content("net").state_dict(), weights)
+            overrides |= {"network_def": network_def, "ckpt_path": str(weights)}
+        if kind == "unet3d":
+            overrides |= {"inferer": {"_target_": "SimpleInferer"}, "evaluator#skip_empty": False,
+                          "evaluator#channels_last": False}  # fmt: skip
+        self.segmenter = segmenter_from_bundle(bundle, overrides)
         self.network_input: Any = None
 
     def params_m(self) -> float:
@@ -117,11 +125,13 @@ class _InferenceModel:
         return self._sync(start)
 
     def prepare_network(self, path: str) -> list[int]:
-        """Pre-process ``path`` to its ``(1, 1, 48, 64, 64)`` ROI and shape it for this network alone."""
+        """Pre-process ``path`` with the segmenter's own chain to its ``(1, 1, 48, 64, 64)`` ROI, shaped for this
+        network alone (the 2D nets: its 48 sagittal planes, ``channels_last``)."""
         from hippogan.transforms.slicing import volume_to_sagittal
 
-        pre, _ = self.segmenter._chains["precropped"]
-        roi = pre({"image": path})["image"].as_tensor()[None]
+        samples = self.segmenter.preprocessing({"image": path})
+        sample = samples[0] if isinstance(samples, (list, tuple)) else samples
+        roi = self.torch.as_tensor(sample["image"])[None]
         if self.kind == "unet3d":
             x = roi
         else:
@@ -141,58 +151,50 @@ class _InferenceModel:
         return time.perf_counter() - start
 
 
+TRAINING_CONFIGS = {"ours": ["train_cpu.yaml"], "unet2d": ["train_cpu.yaml", str(CONFIGS / "unet2d.yaml")]}
+"""The timed trainings: the bundle's CPU recipe, and the same with MONAI's 2D UNet (``bench_accuracy``'s models)."""
+
+
 class _TrainingModels:
-    """The CPU recipe's trainer (ours) and the same trainer with a MONAI 2D UNet generator, on real MSD planes."""
+    """The bundle's trainers of :data:`TRAINING_CONFIGS`, built by ``hippogan train``'s code on a few MSD cases.
+
+    Each is ``build_train_workflow`` (``configs/train.yaml`` + the model's files, ``batch_size`` = ``batch``) on a
+    temporary manifest of ``cases`` (the last one validates), initialised; the timed batches are the recipe's own
+    (the first model's data loader: labelled planes plus a share of empty ones, augmented), the same for both.
+    """
 
     def __init__(self, bundle: Path, data: Path, cases: list[str], batch: int, device: str) -> None:
-        import torch
-        from monai.bundle import ConfigParser
-        from monai.networks.nets import UNet
+        import csv
 
-        from hippogan.pipeline.trainer import ConditionalGanTrainer
-        from hippogan.transforms.chains import get_preprocessing
-        from hippogan.transforms.slicing import volume_to_sagittal
+        import torch
+
+        from hippogan.pipeline.manifest import MANIFEST_COLUMNS
+        from hippogan.pipeline.train_cli import build_train_workflow
 
         self.torch = torch
         self.device = torch.device(device)
-        configs = bundle / "configs"
-        parser = ConfigParser()
-        parser.read_config([str(configs / "train.yaml"), str(configs / "train_cpu.yaml")])
-        pre = get_preprocessing(mode="precropped", roi_size=(48, 64, 64), with_label=True)
-        images, labels = [], []
-        for name in cases:
-            sample = pre({"image": str(data / "imagesTr" / name), "label": str(data / "labelsTr" / name)})
-            image, label = (volume_to_sagittal(sample[key].as_tensor()[None]) for key in ("image", "label"))
-            keep = label.flatten(1).amax(1) > 0
-            images.append(image[keep])
-            labels.append(label[keep])
-        images, labels = torch.cat(images), torch.cat(labels)
-        self.batches = [
-            {"image": images[i : i + batch], "label": labels[i : i + batch]}
-            for i in range(0, images.shape[0] - batch + 1, batch)
-        ]
-        torch.manual_seed(0)
-        generators = {"ours": parser.get_parsed_content("network_def"), "unet2d": UNet(spatial_dims=2, **UNET_KWARGS)}
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench_speed_train_")
+        root = Path(self._tmp.name)
+        manifest = root / "manifest.csv"
+        with manifest.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            for index, name in enumerate(cases):
+                stem = name[: -len(".nii.gz")]
+                fold = 0 if index == len(cases) - 1 else 1
+                row = {"subject_id": stem, "image": f"imagesTr/{name}", "label": f"labelsTr/{name}", "fold": fold}
+                writer.writerow(row)
+        overrides = {"batch_size": batch, "num_workers": 0, "device": f"$torch.device('{device}')",
+                     "amp": self.device.type == "cuda"}  # fmt: skip
         self.trainers = {}
-        for name, g_net in generators.items():
-            g_net = g_net.to(self.device)
-            d_net = parser.get_parsed_content("d_network_def", instantiate=True).to(self.device)
-            g_opt = torch.optim.NAdam(g_net.parameters(), lr=parser["lr"], betas=(0.5, 0.999))
-            d_opt = torch.optim.NAdam(d_net.parameters(), lr=parser["d_lr"], betas=(0.5, 0.999))
-            self.trainers[name] = ConditionalGanTrainer(
-                device=self.device,
-                max_epochs=1,
-                train_data_loader=self.batches,
-                g_network=g_net,
-                g_optimizer=g_opt,
-                d_network=d_net,
-                d_optimizer=d_opt,
-                g_loss_function=parser.get_parsed_content("train#trainer#g_loss_function", instantiate=True),
-                supervised_weight=parser["supervised_weight"],
-                adversarial_weight=parser["adversarial_weight"],
-                supervised_on_logits=parser["train#trainer#supervised_on_logits"],
-                amp=self.device.type == "cuda",
-            )
+        for name, configs in TRAINING_CONFIGS.items():
+            torch.manual_seed(0)
+            workflow = build_train_workflow(data, root / name, fold=0, configs=configs, overrides=overrides,
+                                            bundle_root=bundle, manifest=manifest)  # fmt: skip
+            workflow.initialize()
+            self.trainers[name] = workflow.parser.get_parsed_content("train#trainer")
+        loader = next(iter(self.trainers.values())).data_loader
+        self.batches = [b for b in loader if len(b["image"]) == batch]
         self.step = 0
 
     def train(self, name: str, iterations: int) -> list[float]:
@@ -342,7 +344,7 @@ def run_training(args: argparse.Namespace, device: str, msd: list[Path]) -> dict
     """Planes/s of the GAN trainer iteration, ours and the 2D UNet generator, in turns."""
     worker = Worker("train", args.threads, device)
     try:
-        cases = [path.name for path in msd[: args.train_cases]]
+        cases = [path.name for path in msd[: args.train_cases + 1]]  # the last one validates
         load = worker.ask("load", bundle=str(args.bundle), data=str(args.data), cases=cases, batch=args.batch)
         names = ("ours", "unet2d")
         for name in names:
@@ -393,7 +395,8 @@ def _table(inference: dict[str, Any], training: dict[str, Any], device: str) -> 
         lines.append("| " + " | ".join(cells) + " |")
     train = training["models"]
     ours_pps, unet_pps = train["ours"]["planes_per_s"], train["unet2d"]["planes_per_s"]
-    cells = [f"training, planes/s (G + D iteration, batch {training['batch']})", f"{ours_pps:.1f}", "(3D: not run)", "",
+    cells = [f"training, planes/s (bundle trainer iteration, batch {training['batch']})", f"{ours_pps:.1f}",
+             "(3D: not run)", "",
              f"{unet_pps:.1f}", f"{ours_pps / unet_pps:.2f}", ""]
     lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -443,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.mni_rounds}, {args.threads} torch threads; the module docstring gives the method). Each model ran in "
         "its own worker process (peak RSS = its `ru_maxrss`), the models in turns, medians reported. `segment()` = "
         "`Segmenter.segment(path)`: load, pre-process, network, invert, LCC (nothing written). Baselines: random "
-        "weights, same `Segmenter` chains; the 3D UNet forward is a `SimpleInferer` on the 48x64x64 ROI. The machine "
+        "weights, same `segmenter_from_bundle` chains; the 3D UNet forward is a `SimpleInferer` on the 48x64x64 ROI. "
+        "Training: the bundle's trainers (train_cpu.yaml: generator alone; + unet2d.yaml). The machine "
         "is shared with other jobs: absolute seconds are inflated, the ratios are the meaningful figures. Under "
         "heavy load (load average above the 2 cores) 2 OpenMP threads can run slower than 1, more so for a deep "
         "net of many small layers (ours) than for a shallow one, so the ratios then lean against ours.",

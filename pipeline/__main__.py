@@ -1,5 +1,5 @@
 """``python -m hippogan.pipeline``: the hippogan command line."""
 
-from hippogan.pipeline.cli import main
+from .cli import main
 
 raise SystemExit(main())

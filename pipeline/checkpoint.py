@@ -98,7 +98,7 @@ def checkpoint_state(trainer: Engine, config: Mapping | None = None, best: Mappi
     """Collect the checkpoint dict (see the module docstring) from a trainer.
 
     Args:
-        trainer: a :class:`~hippogan.pipeline.trainer.ConditionalGanTrainer` (any engine with some
+        trainer: a :class:`~hippogan.pipeline.gan_trainer.ConditionalGanTrainer` (any engine with some
             of the attributes ``g_network``, ``d_network``, ``g_optimizer``, ``d_optimizer``,
             ``g_scaler``, ``d_scaler``; those that are ``None`` or absent are skipped).
         config: the run's configuration, stored through :func:`plain_config`.
@@ -305,9 +305,16 @@ class CheckpointHandler:
         self.best_metric = -1.0
         self.best_metric_epoch = -1
         self._trainer: Engine | None = None
+        self._saved_epoch = 0
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``engine`` (the trainer) and, for ``best.pt``, on the metric engine."""
+        """Register on ``engine`` (the trainer) and, for ``best.pt``, on the metric engine.
+
+        Temporary files a killed run left in ``save_dir`` (``.last.pt.*.tmp``) are removed here.
+        """
+        for stale in self.save_dir.glob(".*.pt.*.tmp") if self.save_dir.is_dir() else ():
+            stale.unlink(missing_ok=True)
+            logger.info("removed %s, left by an interrupted checkpoint write", stale)
         self._trainer = engine
         metric_engine = engine if self.metric_engine is None else self.metric_engine
         if self.key_metric_name is None:
@@ -325,9 +332,21 @@ class CheckpointHandler:
         self.best_metric = float(state_dict["best_metric"])
         self.best_metric_epoch = int(state_dict["best_metric_epoch"])
 
+    def _save(self, path: Path, trainer: Engine) -> None:
+        """Write a checkpoint; an ``OSError`` becomes one ``ValueError`` line naming the last good checkpoint."""
+        try:
+            save_checkpoint(path, trainer, self.config, self.state_dict())
+        except OSError as error:
+            last = f"{self.last_path} (epoch {self._saved_epoch})" if self._saved_epoch else "none this run"
+            raise ValueError(
+                f"cannot write checkpoint {path}: {error.strerror or error}; last good checkpoint: {last}"
+            ) from None
+        if path == self.last_path:
+            self._saved_epoch = int(trainer.state.epoch)
+
     def save_last(self, engine: Engine) -> None:
         """Write ``last.pt`` for ``engine`` (the trainer)."""
-        save_checkpoint(self.last_path, engine, self.config, self.state_dict())
+        self._save(self.last_path, engine)
         logger.info("saved %s (epoch %d)", self.last_path, engine.state.epoch)
 
     def save_best(self, metric_engine: Engine) -> None:
@@ -348,7 +367,7 @@ class CheckpointHandler:
             return
         trainer = metric_engine if self._trainer is None else self._trainer
         self.best_metric, self.best_metric_epoch = value, int(trainer.state.epoch)
-        save_checkpoint(self.best_path, trainer, self.config, self.state_dict())
+        self._save(self.best_path, trainer)
         logger.info(
             "saved %s (%s = %.6g, epoch %d)", self.best_path, self.key_metric_name, value, self.best_metric_epoch
         )

@@ -12,7 +12,7 @@ import logging
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("evaluation", "manifest", "train_cli", "crossval", "infer_cli", "segment_cli")
+COMMAND_MODULES = ("segment_cli", "evaluation", "manifest", "train_cli", "crossval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(f"hippogan.pipeline.{name}").add_parser(subparsers)
+        importlib.import_module(f".{name}", __package__).add_parser(subparsers)
     return parser
 
 

@@ -2,8 +2,9 @@
 
 For each fold k: train with ``val_fold=k`` (:func:`hippogan.pipeline.train_cli.run_training`, run folder
 ``OUTPUT_DIR/fold_k``), segment the fold's scans with the best checkpoint's generator through the bundle's
-inference code (:class:`hippogan.pipeline.inference.Segmenter`, ``"precropped"`` mode, largest-component
-clean-up unless ``lcc=False``), which writes the label maps as NIfTI on each input's own grid
+inference config (:func:`hippogan.pipeline.segmenter.segmenter_from_bundle` with the training run's
+``network_def`` and checkpoint, ``"precropped"`` mode, largest-component clean-up unless ``lcc=False``), which
+writes the label maps as NIfTI on each input's own grid
 (``fold_k/predictions/<subject_id>.nii.gz``), and score them against the manifest's labels with
 :mod:`hippogan.pipeline.evaluation` (``fold_k/evaluation/``). Then one table:
 
@@ -27,12 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hippogan.pipeline.checkpoint import load_network_weights
-from hippogan.pipeline.evaluation import evaluate_files, summarise, write_evaluation
-from hippogan.pipeline.inference import Segmenter
-from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
-from hippogan.pipeline.train_cli import add_train_arguments, parse_overrides, run_training
-from hippogan.transforms import IMAGE
+from .evaluation import evaluate_files, summarise, write_evaluation
+from .manifest import FOLD, SUBJECT_ID, select_folds
+from .segmenter import segmenter_from_bundle
+from .train_cli import add_train_arguments, parse_overrides, run_training
 
 __all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval"]
 
@@ -111,18 +110,20 @@ def run_crossval(
         parser = workflow.parser
         checkpoints = Path(parser.get_parsed_content("ckpt_dir"))
         checkpoint = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
-        network = parser.get_parsed_content("network")  # the trained generator, given the checkpoint's weights
-        load_network_weights(checkpoint, network)
-        segmenter = Segmenter(
-            network,
-            mode="precropped",
-            lcc=lcc,
-            device=parser.get_parsed_content("device"),
-            preprocessing_kwargs={"roi_size": parser.get_parsed_content("roi_size")},
-        )
+        inference = {
+            "network_def": parser.get("network_def"),  # the trained network's config
+            "ckpt_path": str(checkpoint),
+            "mode": "precropped",
+            "lcc": lcc,
+            "roi_size": parser.get_parsed_content("roi_size"),
+            "device": f"$torch.device({str(parser.get_parsed_content('device'))!r})",
+        }
+        if parser.get("network_def#spatial_dims", 2) == 3:  # a 3D network sees the whole ROI, as in validation
+            inference.update({"inferer": parser.get("validate#inferer"), "evaluator#skip_empty": False,
+                              "evaluator#channels_last": False})  # fmt: skip
+        segmenter = segmenter_from_bundle(parser.get_parsed_content("bundle_root"), overrides=inference)
         rows = select_folds(parser.get_parsed_content("datalist"), folds=[fold])
-        inputs = [(row[SUBJECT_ID], row[IMAGE]) for row in rows]
-        written = segmenter.segment_many(inputs, fold_dir / "predictions", progress=False)
+        written = segmenter.run(rows, fold_dir / "predictions", progress=False)
         if written.failures:
             raise ValueError(f"fold {fold}: segmentation failed for {written.failures}")
         pairs = [{**row, "pred": written.label_maps[row[SUBJECT_ID]]} for row in rows]

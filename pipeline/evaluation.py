@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -26,8 +27,10 @@ import numpy as np
 import pandas as pd
 from monai.utils import CommonKeys
 
-from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, load_manifest, select_folds
-from hippogan.pipeline.metrics import METRICS, evaluate_case
+from .file_io import NIFTI_SUFFIXES, atomic_path, nifti_stem, safe_file_stem
+from .manifest import FOLD, SUBJECT_ID, load_manifest, select_folds
+from .manifest_validation import LABEL_VALUES
+from .metrics import METRICS, evaluate_case
 
 __all__ = [
     "PER_CASE_CSV",
@@ -46,7 +49,6 @@ logger = logging.getLogger(__name__)
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_CSV = "metrics_summary.csv"
 SUMMARY_JSON = "metrics_summary.json"
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_ATOL = 1e-3
 """Largest difference (mm, or unitless for rotation terms) tolerated between the two affines of a pair."""
 
@@ -54,7 +56,7 @@ AFFINE_ATOL = 1e-3
 def _subject_id(path: str | PathLike) -> str:
     """Return the file name of ``path`` without its NIfTI suffix."""
     name = Path(path).name
-    return next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), name)
+    return nifti_stem(name) or name
 
 
 def _load_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +71,16 @@ def _load_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _evaluate_pair(pred_path: Path, ref_path: Path, classes: Sequence[int] | None) -> dict[str, float]:
-    """Load one prediction/reference pair, check they share a grid, and score it."""
+    """Load one prediction/reference pair, check they share a grid and hold only known labels, and score it."""
     pred, pred_affine = _load_labels(pred_path)
     ref, ref_affine = _load_labels(ref_path)
+    for path, labels in ((pred_path, pred), (ref_path, ref)):
+        unknown = sorted({int(v) if float(v).is_integer() else v for v in np.unique(labels).tolist()} - LABEL_VALUES)
+        if unknown:
+            raise ValueError(
+                f"{path} holds label values {unknown[:5]} outside {sorted(LABEL_VALUES)} (0 background, 1 anterior, "
+                "2 posterior); map them first (hippogan manifest --label-map)."
+            )
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred_path} has shape {pred.shape} but reference {ref_path} has shape {ref.shape}")
     if not np.allclose(pred_affine, ref_affine, atol=AFFINE_ATOL):
@@ -86,6 +95,7 @@ def _evaluate_pair(pred_path: Path, ref_path: Path, classes: Sequence[int] | Non
 def evaluate_files(
     pairs: Iterable[Mapping[str, Any] | tuple[str | PathLike, str | PathLike]],
     classes: Sequence[int] | None = (1, 2),
+    failures: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score NIfTI prediction/reference pairs; voxel spacing (mm) comes from the reference affine.
 
@@ -93,6 +103,8 @@ def evaluate_files(
         pairs: ``(pred_path, ref_path)`` tuples, or mappings with keys ``"pred"`` and ``"label"``
             (e.g. manifest rows with a prediction path added) and optionally ``"subject_id"``.
         classes: label values scored on their own besides ``label > 0`` (see ``evaluate_case``).
+        failures: when given, a pair that cannot be scored (unreadable file, other grid, unknown label values)
+            is recorded here (subject id -> reason) and the others go on; when ``None`` it raises.
 
     Returns:
         One row a pair: ``subject_id`` (default: the reference file name without suffix), ``pred`` and
@@ -113,7 +125,14 @@ def evaluate_files(
         else:
             pred_path, ref_path = (Path(p) for p in pair)
             subject = _subject_id(ref_path)
-        metrics = _evaluate_pair(pred_path, ref_path, classes)
+        try:
+            metrics = _evaluate_pair(pred_path, ref_path, classes)
+        except Exception as error:  # one bad case fails alone when the caller collects failures
+            if failures is None:
+                raise
+            failures[subject] = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            logger.error("%s: cannot be scored: %s", subject, failures[subject])
+            continue
         logger.debug("%s: dsc %.4f, hd95 %.2f mm", subject, metrics["dsc"], metrics["hd95"])
         rows.append({"subject_id": subject, "pred": str(pred_path), "label": str(ref_path), **metrics})
     return rows
@@ -143,11 +162,17 @@ def pairs_from_manifest(
         :func:`evaluate_files`.
 
     Raises:
-        ValueError: if the manifest is malformed (see ``load_manifest``), no row has ``fold``, a row
-            has no label, or any prediction is missing (all are listed).
+        ValueError: if the manifest is malformed (see ``load_manifest``), has no row, lists a subject twice,
+            no row has ``fold``, a row has no label, or any prediction is missing (all are listed).
     """
     pred_dir = Path(pred_dir)
     rows = load_manifest(manifest, dataset_dir)
+    if not rows:
+        raise ValueError(f"manifest {manifest}: no rows below its header; nothing to evaluate.")
+    counts = Counter(str(r[SUBJECT_ID]) for r in rows)
+    duplicates = sorted(subject for subject, n in counts.items() if n > 1)
+    if duplicates:
+        raise ValueError(f"manifest {manifest}: subject ids listed more than once: {', '.join(duplicates)}.")
     if fold is not None:
         folds = sorted({r[FOLD] for r in rows})
         rows = select_folds(rows, folds=[fold])
@@ -156,7 +181,7 @@ def pairs_from_manifest(
     unlabelled = [r[SUBJECT_ID] for r in rows if CommonKeys.LABEL not in r]
     if unlabelled:
         raise ValueError(f"manifest {manifest}: no reference label for {', '.join(unlabelled)}")
-    rows = [{**r, "pred": pred_dir / f"{r[SUBJECT_ID]}.nii.gz"} for r in rows]
+    rows = [{**r, "pred": pred_dir / f"{safe_file_stem(str(r[SUBJECT_ID]))}.nii.gz"} for r in rows]
     return _check_predictions(rows, pred_dir)
 
 
@@ -221,9 +246,11 @@ def write_evaluation(per_case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"per_case": out_dir / PER_CASE_CSV, "summary_csv": out_dir / SUMMARY_CSV, "summary_json": out_dir / SUMMARY_JSON}
-    pd.DataFrame(list(per_case_rows)).to_csv(paths["per_case"], index=False)
+    with atomic_path(paths["per_case"]) as tmp:
+        pd.DataFrame(list(per_case_rows)).to_csv(tmp, index=False)
     summary = summarise(per_case_rows)
-    summary.to_csv(paths["summary_csv"])
+    with atomic_path(paths["summary_csv"]) as tmp:
+        summary.to_csv(tmp)
     metrics = {
         name: {
             "mean": _json_float(row["mean"]),
@@ -233,7 +260,8 @@ def write_evaluation(per_case_rows: Sequence[Mapping[str, Any]], out_dir: str | 
         }
         for name, row in summary.iterrows()
     }
-    paths["summary_json"].write_text(json.dumps({"n_cases": len(per_case_rows), "metrics": metrics}, indent=2))
+    with atomic_path(paths["summary_json"]) as tmp:
+        tmp.write_text(json.dumps({"n_cases": len(per_case_rows), "metrics": metrics}, indent=2))
     return paths
 
 
@@ -248,15 +276,20 @@ def _run(args: argparse.Namespace) -> int:
             pairs = pairs_from_manifest(args.pred_dir, args.manifest, args.dataset_dir, args.fold)
         else:
             pairs = pairs_from_ref_dir(args.pred_dir, args.ref_dir)
-        rows = evaluate_files(pairs, classes=args.classes)
+        failures: dict[str, str] = {}
+        rows = evaluate_files(pairs, classes=args.classes, failures=failures)
+        if not rows:
+            raise ValueError(f"no case could be scored: {'; '.join(f'{s}: {r}' for s, r in failures.items())}")
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
     paths = write_evaluation(rows, args.out)
+    if failures:
+        logger.error("%d case(s) could not be scored: %s", len(failures), "; ".join(f"{s}: {r}" for s, r in failures.items()))
     for name, row in summarise(rows).iterrows():
         logger.info("%-16s %.4f ± %.4f (n=%d)", name, row["mean"], row["std"], row["n"])
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    return 0
+    return 1 if failures else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

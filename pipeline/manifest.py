@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from monai.utils import CommonKeys
 
-from hippogan.pipeline.manifest_validation import NIFTI_SUFFIXES, SUBJECT_ID, ManifestError, validate_manifest
 from hippogan.transforms.labels import LABEL_MAP_PRESETS, parse_label_map
+
+from .file_io import NIFTI_SUFFIXES
+from .manifest_validation import SUBJECT_ID, ManifestError, validate_manifest
 
 __all__ = [
     "SUBJECT_ID",
@@ -151,21 +153,36 @@ def write_manifest(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
         writer.writerows({**row, CommonKeys.LABEL: row.get(CommonKeys.LABEL) or ""} for row in rows)
 
 
-def load_manifest(csv_path: str | os.PathLike, dataset_dir: str | os.PathLike) -> list[dict[str, str | int]]:
+def load_manifest(
+    csv_path: str | os.PathLike, dataset_dir: str | os.PathLike, allow_outside: bool = False
+) -> list[dict[str, str | int]]:
     """Load a manifest CSV as a datalist for a MONAI ``Dataset``.
 
     Args:
         csv_path: the manifest CSV.
         dataset_dir: the dataset root that the CSV's relative paths resolve against.
+        allow_outside: accept paths that leave ``dataset_dir`` (absolute paths, ``..``); refused by default, so
+            that a manifest cannot point a run at files the user did not mean to hand over.
 
     Returns:
         One dict a row: ``subject_id``, ``image`` (path), ``label`` (path; omitted when empty),
         ``fold`` (int). Files are not checked here: see :func:`validate_manifest`.
 
     Raises:
-        ValueError: missing columns or a non-integer fold (naming the file and line).
+        ValueError: missing columns, a non-integer fold or a path outside ``dataset_dir`` (naming the file and line).
     """
     root = Path(dataset_dir)
+    resolved_root = root.resolve()
+
+    def inside(relative: str, line: int) -> str:
+        path = root / relative
+        if not allow_outside and resolved_root not in (path.resolve(), *path.resolve().parents):
+            raise ValueError(
+                f"{csv_path} line {line}: {relative!r} leaves the dataset folder {root}; paths must be relative to "
+                "it (pass --allow-outside-dataset to accept such paths)."
+            )
+        return str(path)
+
     with Path(csv_path).open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {SUBJECT_ID, CommonKeys.IMAGE, FOLD} - set(reader.fieldnames or ())
@@ -177,9 +194,11 @@ def load_manifest(csv_path: str | os.PathLike, dataset_dir: str | os.PathLike) -
                 fold = int(record[FOLD])
             except (TypeError, ValueError):
                 raise ValueError(f"{csv_path} line {line}: fold {record[FOLD]!r} is not an integer") from None
-            item: dict[str, str | int] = {SUBJECT_ID: record[SUBJECT_ID], CommonKeys.IMAGE: str(root / record[CommonKeys.IMAGE])}
+            item: dict[str, str | int] = {
+                SUBJECT_ID: record[SUBJECT_ID], CommonKeys.IMAGE: inside(record[CommonKeys.IMAGE], line)
+            }  # fmt: skip
             if record.get(CommonKeys.LABEL):
-                item[CommonKeys.LABEL] = str(root / record[CommonKeys.LABEL])
+                item[CommonKeys.LABEL] = inside(record[CommonKeys.LABEL], line)
             item[FOLD] = fold
             rows.append(item)
     return rows

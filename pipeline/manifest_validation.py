@@ -20,8 +20,11 @@ import numpy as np
 from monai.utils import CommonKeys, MetaKeys
 from tqdm import tqdm
 
+
 from hippogan.transforms.labels import LabelMap, MapLabels, parse_label_map
 from hippogan.transforms.loading import SitkDicomSeriesReader
+
+from .file_io import NIFTI_SUFFIXES
 
 __all__ = ["SUBJECT_ID", "LABEL_VALUES", "AFFINE_ATOL_MM", "ManifestError", "read_volume", "validate_manifest"]
 
@@ -35,8 +38,6 @@ AFFINE_ATOL_MM = 1e-3
 
 SUBJECT_ID = "subject_id"
 """The manifest key of the subject identifier (image and label keys are MONAI's ``CommonKeys``)."""
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class ManifestError(ValueError):

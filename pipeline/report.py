@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from .file_io import atomic_path
 from .qc import ANTERIOR_COLOR, PLAUSIBLE_VOLUME_MM3, POSTERIOR_COLOR, volume_flags
 
 __all__ = ["ROW_KEYS", "write_report"]
@@ -130,7 +131,8 @@ def write_report(
         + "\n</body>\n</html>\n"
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(page, encoding="utf-8")
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     logger.info("wrote report %s (%d row(s), %d failed subject(s))", out_html, len(checked), n_failed)
     return out_html
 

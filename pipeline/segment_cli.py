@@ -1,19 +1,20 @@
-"""``hippogan segment``: segment T1 scans end to end, with a QC picture per scan and one report per run.
+"""``hippogan segment`` (alias ``hippogan infer``): segment T1 scans end to end, QC pictures and one report per run.
 
-The segmenter is the bundle's (:func:`~hippogan.pipeline.inference.segmenter_from_bundle` on
-``configs/inference.yaml``: the same network, weights and options as ``monai.bundle run``), so
-``--model`` and ``--device`` only override that config's ``ckpt_path`` and ``device``.
+The segmenter is the bundle's (:func:`~hippogan.pipeline.segmenter.segmenter_from_bundle` on
+``configs/inference.yaml``: the same network, weights and steps as ``monai.bundle run``); the options below
+only override that config's keys (``--model`` its ``ckpt_path``, ``--device`` its ``device``, ``--mode``,
+``--no-lcc``).
 
 Outputs in ``--out``:
 
 - ``<subject_id>.nii.gz``: uint8 label map (0 background, 1 anterior, 2 posterior hippocampus) on the
-  input's grid and affine (:meth:`~hippogan.pipeline.inference.Segmenter.segment_many`);
-- ``qc/<subject_id>.png``: :func:`~hippogan.pipeline.qc.qc_figure`, the three orthogonal planes through
-  each hippocampus with the segmentation outlined and its volumes printed;
-- ``volumes.csv``: :data:`SEGMENT_COLUMNS`, one row per scan and side (volumes in mm³; ``flag`` from
-  :func:`~hippogan.pipeline.qc.volume_flags`, empty when plausible), one ``failed`` row per failed scan;
-- ``report.html``: :func:`~hippogan.pipeline.report.write_report`, the table with QC thumbnails embedded
-  (one file, readable offline).
+  input's grid and affine (:meth:`~hippogan.pipeline.segmenter.Segmenter.run`);
+- ``volumes.csv``: :data:`~hippogan.pipeline.results.VOLUME_COLUMNS`, one row per scan and side (volumes in
+  mm³; ``flag`` from :func:`~hippogan.pipeline.qc.volume_flags`, empty when plausible), one ``failed`` row per
+  failed scan;
+- unless ``--no-qc``: ``qc/<subject_id>.png`` (:func:`~hippogan.pipeline.qc.qc_figure`, the three orthogonal
+  planes through each hippocampus with the segmentation outlined and its volumes printed) and ``report.html``
+  (:func:`~hippogan.pipeline.report.write_report`, the table with QC thumbnails embedded; one file, offline).
 
 ``--demo`` segments nilearn's MNI152 2009 T1 template (1 mm whole brain, shipped in nilearn's package
 data), written first to ``<out>/input/mni152.nii.gz``.
@@ -31,26 +32,20 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from hippogan.pipeline.inference import (
-    DEFAULT_BUNDLE,
-    VOLUME_COLUMNS,
-    VOLUMES_CSV,
-    Segmentation,
-    find_inputs,
-    segmenter_from_bundle,
-    write_volumes_csv,
-)
-from hippogan.pipeline.qc import qc_figure, volume_flags
-from hippogan.pipeline.report import ROW_KEYS, write_report
-from hippogan.transforms import IMAGE, scan_loader
+from hippogan.transforms import AUTO, IMAGE, ROI_MODES, scan_loader
 
-__all__ = ["DEMO_SUBJECT", "DEVICES", "QC_DIR", "REPORT_HTML", "SEGMENT_COLUMNS", "add_parser", "write_demo_input"]
+from .bundled import DEFAULT_BUNDLE
+from .file_io import atomic_path, safe_file_stem
+from .inputs import input_datalist
+from .qc import qc_figure
+from .report import ROW_KEYS, write_report
+from .results import VOLUMES_CSV, Segmentation
+from .segmenter import segmenter_from_bundle
+
+__all__ = ["DEMO_SUBJECT", "DEVICES", "QC_DIR", "REPORT_HTML", "add_parser", "write_demo_input"]
 
 logger = logging.getLogger(__name__)
 
-_AFTER = VOLUME_COLUMNS.index("posterior_mm3") + 1
-SEGMENT_COLUMNS = (*VOLUME_COLUMNS[:_AFTER], "flag", *VOLUME_COLUMNS[_AFTER:])
-"""Columns of the run's ``volumes.csv``: :data:`~hippogan.pipeline.inference.VOLUME_COLUMNS` plus ``flag``."""
 QC_DIR = "qc"
 """Sub-folder of ``--out`` holding the QC pictures ``<subject_id>.png``."""
 REPORT_HTML = "report.html"
@@ -64,7 +59,7 @@ and write, in --out: one label map per scan (<subject>.nii.gz: 0 background, 1 a
 the input's grid and affine), one QC picture per scan (qc/<subject>.png: three planes through each
 hippocampus, outlined, volumes printed), volumes.csv (subject, side, mode, total_mm3, anterior_mm3,
 posterior_mm3, flag, status, reason; mm³) and report.html (the table with QC thumbnails; one file,
-readable offline).
+readable offline); with --no-qc, the label maps and volumes.csv only. `hippogan infer` is this command.
 
 inputs: NIfTI files, folders of them, DICOM series folders (a folder of .dcm files is one series; a
 folder of series sub-folders holds several) or a manifest CSV (with --dataset-dir). A scan that is a
@@ -98,15 +93,16 @@ def write_demo_input(out_dir: str | Path) -> Path:
     path = Path(out_dir) / "input" / f"{DEMO_SUBJECT}.nii.gz"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(load_mni152_template(resolution=1), path)
+        with atomic_path(path) as tmp:
+            nib.save(load_mni152_template(resolution=1), tmp)
     except OSError as error:
         raise ValueError(f"cannot write the demo scan {path}: {error}") from error
     return path
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, str]:
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """Config ids of ``inference.yaml`` to override (``auto`` keeps the config's device: CUDA when available)."""
-    overrides = {}
+    overrides: dict[str, object] = {"mode": args.mode, "lcc": not args.no_lcc}
     if args.model is not None:
         overrides["ckpt_path"] = str(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -121,60 +117,90 @@ def _qc_writer(qc_dir: Path, pictures: dict[str, Path]) -> Callable[[Segmentatio
 
     def write_qc(result: Segmentation, label_map: Path) -> None:
         image = np.asarray(scan_loader(IMAGE)({IMAGE: str(result.source)})[IMAGE])  # the label map's grid
+        image = image.reshape(image.shape[:3]) if image.ndim > 3 and image.size == np.prod(image.shape[:3]) else image
         volumes = {s.side: {k: getattr(s, k) for k in ("total_mm3", "anterior_mm3", "posterior_mm3")}
                    for s in result.sides}
-        pictures[result.subject] = qc_figure(
-            image, result.label_map, result.affine, qc_dir / f"{result.subject}.png", title=result.subject,
-            volumes=volumes, whole_brain=result.mode == "whole_brain",
-        )  # fmt: skip
+        qc_dir.mkdir(parents=True, exist_ok=True)
+        path = qc_dir / f"{label_map.name[: -len('.nii.gz')]}.png"  # the label map's safe stem
+        with atomic_path(path) as tmp:
+            qc_figure(
+                image, result.label_map, result.affine, tmp, title=result.subject, volumes=volumes,
+                whole_brain=result.mode == "whole_brain",
+            )  # fmt: skip
+        pictures[result.subject] = path
 
     return write_qc
 
 
-def _flagged(row: dict[str, object]) -> dict[str, object]:
-    """``row`` with its ``flag``: :func:`volume_flags` of ``total_mm3`` for a segmented side, else empty."""
-    ok = row.get("status") == "ok"
-    return {**row, "flag": volume_flags(float(row["total_mm3"])) if ok else ""}
+def shard(datalist: list[dict], spec: str | None) -> list[dict]:
+    """The ``K/N`` share of ``datalist`` (items ``K-1``, ``K-1+N``, ...; ``K`` from 1), or all of it for ``None``.
+
+    Raises:
+        ValueError: ``spec`` is not ``K/N`` with ``1 <= K <= N``.
+    """
+    if spec is None:
+        return datalist
+    k, sep, n = str(spec).partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"--shard {spec}: expected K/N with 1 <= K <= N, e.g. 2/8.")
+    return datalist[int(k) - 1 :: int(n)]
+
+
+def _write_report(table: list[dict], out_dir: Path) -> Path:
+    """``report.html`` of every row of ``volumes.csv`` (earlier runs' too), with the QC pictures found in ``qc/``."""
+    rows = []
+    for row in table:
+        picture = out_dir / QC_DIR / f"{safe_file_stem(row['subject'])}.png"
+        rows.append({**{k: row[k] for k in ROW_KEYS if k in row}, "qc_png": picture if picture.is_file() else None})
+    return write_report(rows, out_dir / REPORT_HTML, title=f"hippogan segment: {out_dir.name}")
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run ``hippogan segment``; returns the exit code."""
     start = time.perf_counter()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.out)
     try:
         if args.demo == bool(args.inputs):
             raise ValueError("give INPUT paths or --demo (not both).")
-        paths = [write_demo_input(args.out)] if args.demo else args.inputs
-        inputs = find_inputs(paths, dataset_dir=args.dataset_dir)
+        paths = [write_demo_input(out_dir)] if args.demo else args.inputs
+        datalist = input_datalist(
+            paths, dataset_dir=args.dataset_dir, fold=args.fold, allow_outside=args.allow_outside_dataset
+        )
+        if not datalist:
+            raise ValueError(f"no scan to segment in {', '.join(map(str, paths))} (an empty manifest?).")
+        datalist = shard(datalist, args.shard)
         segmenter = segmenter_from_bundle(args.bundle, overrides=_overrides(args))
         load_s = time.perf_counter() - start
         pictures: dict[str, Path] = {}
-        out_dir = Path(args.out)
-        summary = segmenter.segment_many(
-            inputs, out_dir, progress=not args.no_progress, on_result=_qc_writer(out_dir / QC_DIR, pictures)
-        )
+        on_result = None if args.no_qc else _qc_writer(out_dir / QC_DIR, pictures)
+        summary = segmenter.run(
+            datalist, out_dir, progress=not args.no_progress, on_result=on_result, num_workers=args.workers,
+            resume=args.resume,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
-    rows = [_flagged(row) for row in summary.rows]
-    write_volumes_csv(rows, out_dir / VOLUMES_CSV, columns=SEGMENT_COLUMNS)
-    report_rows = [{**{k: row[k] for k in ROW_KEYS if k in row}, "qc_png": pictures.get(row["subject"])}
-                   for row in rows]
-    report = write_report(report_rows, out_dir / REPORT_HTML, title=f"hippogan segment: {out_dir.name}")
-    flagged = sorted({str(row["subject"]) for row in rows if row["flag"]})
+    outputs = [VOLUMES_CSV]
+    if not args.no_qc:
+        outputs.append(_write_report(summary.table, out_dir).name)
+    flagged = sorted({str(row["subject"]) for row in summary.rows if row.get("flag")})
     if flagged:
         logger.warning("volume flagged (look at the QC picture): %s", ", ".join(flagged))
     logger.info(
-        "segment: %d ok, %d failed, %.1f s (model load %.1f s) on %s; outputs in %s (%s, %s)",
+        "segment: %d ok, %d failed, %.1f s (model load %.1f s) on %s; outputs in %s (%s)",
         len(summary.label_maps), len(summary.failures), time.perf_counter() - start, load_s,
-        segmenter.device, out_dir, VOLUMES_CSV, report.name,
+        segmenter.device, out_dir, ", ".join(outputs),
     )  # fmt: skip
     return 1 if summary.failures else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hippogan segment`` on ``subparsers``; returns its parser."""
+    """Register ``hippogan segment`` (and its alias ``hippogan infer``) on ``subparsers``; returns its parser."""
     parser = subparsers.add_parser(
         "segment",
+        aliases=["infer"],
         help="segment T1 scans end to end: label maps, QC pictures, volumes.csv with flags, report.html",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -189,10 +215,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="where the network runs (default: auto, CUDA when available)"
     )
+    parser.add_argument("--mode", choices=(AUTO, *ROI_MODES), default=AUTO, help="ROI mode (default: auto)")
+    parser.add_argument(
+        "--no-lcc", action="store_true", help="keep every connected component (default: the largest per side)"
+    )
+    parser.add_argument("--no-qc", action="store_true", help="label maps and volumes.csv only: no QC pictures, no report")
     parser.add_argument("--dataset-dir", type=Path, help="root of a manifest's relative paths")
+    parser.add_argument("--fold", type=int, help="segment only this fold of a manifest")
     parser.add_argument(
         "--bundle", type=Path, default=DEFAULT_BUNDLE, help=f"bundle folder (default: {DEFAULT_BUNDLE})"
     )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=0, help="processes loading the next scans (default: 0)")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="skip scans already done in --out (an ok row in volumes.csv and a label map that reads whole)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shard", metavar="K/N", help="segment only every N-th scan from the K-th (K = 1..N): split a study "
+        "over N processes or array jobs writing into one --out (volumes.csv merges their rows)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-outside-dataset", action="store_true",
+        help="accept manifest image paths that leave --dataset-dir (absolute paths, '..')",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
     return parser

@@ -8,7 +8,7 @@
         max_epochs=50 "network_def#channels=[32, 32, 64, 128]"
 
 ``hippogan export`` writes the shippable float16 generator ``state_dict`` (the bundle's ``models/model.pt``)
-from a run's checkpoint (:func:`hippogan.pipeline.training.export_generator`).
+from a run's checkpoint (:func:`hippogan.pipeline.bundle_training.export_generator`).
 """
 
 from __future__ import annotations
@@ -22,23 +22,21 @@ from typing import Any
 
 import yaml
 
-from hippogan.pipeline.training import export_generator
+from .bundle_training import export_generator
+from .bundled import DEFAULT_BUNDLE
+from .file_io import first_cause
 
 __all__ = [
-    "BUNDLE_ROOT",
     "TRAIN_CONFIG",
     "add_parser",
     "add_train_arguments",
     "build_train_workflow",
-    "config_value_error",
     "parse_overrides",
     "run_training",
 ]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_resse_gan"
-"""The repository's bundle (the package is installed editable from the repository)."""
 TRAIN_CONFIG = "train.yaml"
 
 
@@ -89,7 +87,7 @@ def build_train_workflow(
         configs: extra config files merged after ``train.yaml`` in order (a name alone is looked up in
             the bundle's ``configs/``, e.g. ``multi_gpu_train.yaml``).
         overrides: more ``{config id: value}`` (``#`` separates nested keys); they win over the arguments above.
-        bundle_root: the bundle folder; default :data:`BUNDLE_ROOT`.
+        bundle_root: the bundle folder; default :data:`hippogan.pipeline.bundled.DEFAULT_BUNDLE`.
         manifest: manifest CSV (config ``manifest``); ``None`` keeps the config's.
         logging_file: ``False`` keeps the caller's logging; ``None`` applies the bundle's ``logging.conf``.
 
@@ -98,7 +96,7 @@ def build_train_workflow(
     """
     from monai.bundle import ConfigWorkflow
 
-    root = Path(bundle_root) if bundle_root is not None else BUNDLE_ROOT
+    root = Path(bundle_root) if bundle_root is not None else DEFAULT_BUNDLE
     files = [_config_path(TRAIN_CONFIG, root)] + [_config_path(c, root) for c in configs]
     pairs: dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
     if fold is not None:
@@ -113,14 +111,6 @@ def build_train_workflow(
         workflow_type="train",
         **pairs,
     )
-
-
-def config_value_error(error: BaseException) -> ValueError | None:
-    """The first ``ValueError`` in ``error``'s cause chain (the config parser wraps errors in ``RuntimeError``)."""
-    cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, ValueError):
-        cause = cause.__cause__
-    return cause
 
 
 def run_training(*args: Any, **kwargs: Any) -> Any:
@@ -141,7 +131,7 @@ def run_training(*args: Any, **kwargs: Any) -> Any:
             raise ValueError(f"bundle config lacks the required training properties {missing}.")
         workflow.run()
     except (RuntimeError, KeyError) as error:
-        cause = config_value_error(error)
+        cause = first_cause(error, ValueError)
         if cause is None:
             raise
         raise ValueError(str(cause)) from error
@@ -195,7 +185,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", action="append", default=[], metavar="YAML",
         help="extra config merged after train.yaml (repeatable; a bare name is looked up in the bundle's configs/)",
     )  # fmt: skip
-    parser.add_argument("--bundle-root", type=Path, default=None, help=f"bundle folder (default: {BUNDLE_ROOT})")
+    parser.add_argument("--bundle-root", type=Path, default=None, help=f"bundle folder (default: {DEFAULT_BUNDLE})")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, YAML values (max_epochs=50)"
     )

@@ -19,36 +19,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers_bundle import NARROW, save_random_weights
+from helpers import NARROW, save_random_weights
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from hippogan.pipeline.cli import main as cli_main
 from hippogan.pipeline.evaluation import PER_CASE_CSV, SUMMARY_CSV, SUMMARY_JSON
-from hippogan.pipeline.inference import DEFAULT_BUNDLE, VOLUMES_CSV, load_generator
-
-MINIMAL_METADATA = {
-    "version": "0.1.0",
-    "monai_version": "1.6.1",
-    "pytorch_version": "2.13.0",
-    "numpy_version": "2.0",
-    "network_data_format": {
-        "inputs": {"image": {"num_channels": 1, "spatial_shape": [64, 64], "dtype": "float32"}},
-        "outputs": {"pred": {"num_channels": 3, "spatial_shape": [64, 64], "dtype": "float32"}},
-    },
-}
-"""Used only while the bundle has no configs/metadata.json."""
-
+from hippogan.pipeline.bundled import DEFAULT_BUNDLE
+from hippogan.pipeline.results import VOLUMES_CSV
+from hippogan.pipeline.weights import load_generator
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """A copy of the bundle outside the repository, with ``models/model.pt`` (shipped or random fp16)."""
+    """A copy of the shipped bundle outside the repository (configs, metadata, ``models/model.pt``)."""
     root = tmp_path_factory.mktemp("bundles") / "hippocampus_resse_gan"
     shutil.copytree(DEFAULT_BUNDLE, root, ignore=shutil.ignore_patterns("eval", "runs", "*.ts"))
-    (root / "models").mkdir(exist_ok=True)
-    if not (root / "models" / "model.pt").is_file():
-        save_random_weights(root / "models" / "model.pt", bundle=root)
-    if not (root / "configs" / "metadata.json").is_file():
-        (root / "configs" / "metadata.json").write_text(json.dumps(MINIMAL_METADATA))
     return root
 
 
@@ -66,7 +50,7 @@ def test_monai_bundle_run_outside_repository(bundle, msd_dir, dicom_dir, tmp_pat
     out = tmp_path / "out"
     result = _bundle_command(
         bundle, "run", "--config_file", "configs/inference.yaml", "--bundle_root", str(bundle),
-        "--input", repr([str(image), str(series)]), "--output_dir", str(out),
+        "--input", repr([str(image), str(series)]), "--output_dir", str(out), "--device", "$torch.device('cpu')",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     pred = nib.load(out / image.name)
@@ -127,6 +111,27 @@ def test_verify_net_in_out_and_ckpt_export(bundle, tmp_path):
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-4, rtol=1e-4)
 
 
+def test_inference_config_properties_and_editable_steps(bundle, msd_dir):
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "inference.yaml"), logging_file=False, workflow_type="infer",
+        bundle_root=str(bundle), device="$torch.device('cpu')", input=str(msd_dir / "imagesTr"),
+    )  # fmt: skip
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    names = [type(t).__name__ for t in workflow.parser.get_parsed_content("preprocessing").transforms]
+    assert names == [
+        "LoadImaged", "EnsureChannelFirstd", "CheckScand", "Orientationd", "Spacingd", "HippocampalROICropd",
+        "ScaleIntensityRangePercentilesNonzerod",
+    ]  # fmt: skip
+    post = [type(t).__name__ for t in workflow.parser.get_parsed_content("postprocessing").transforms]
+    assert post == ["EnsureTyped", "Invertd", "KeepLargestComponentd"]
+    workflow.parser["lcc"] = False
+    workflow.parser.parse(True)
+    assert "KeepLargestComponentd" not in [
+        type(t).__name__ for t in workflow.parser.get_parsed_content("postprocessing").transforms
+    ]
+
+
 def test_hippogan_infer_exit_codes(bundle, msd_dir, tmp_path):
     image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
     bad = tmp_path / "bad.nii.gz"
@@ -138,4 +143,4 @@ def test_hippogan_infer_exit_codes(bundle, msd_dir, tmp_path):
     assert (tmp_path / "some" / image.name).is_file() and not (tmp_path / "some" / bad.name).exists()
     assert cli_main(["infer", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "none"), *common]) == 2
     wrong = save_random_weights(tmp_path / "narrow.pt", NARROW, bundle=bundle)
-    assert cli_main(["infer", str(image), "--out", str(tmp_path / "w"), "--weights", str(wrong), *common]) == 2
+    assert cli_main(["infer", str(image), "--out", str(tmp_path / "w"), "--model", str(wrong), *common]) == 2

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers_train import NARROW_G, TINY, write_manifest
+from helpers import NARROW, TINY, write_manifest
 
 from hippogan.pipeline.cli import main
 from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval
@@ -54,7 +54,7 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
 def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
     common = ["--dataset-dir", str(msd_dir), "--manifest", str(manifest), "--output-dir", str(tmp_path / "run")]
-    narrow = [f"network_def#{key}={value}" for key, value in NARROW_G.items()]
+    narrow = [f"{key}={value}" for key, value in NARROW.items()]
     assert main(["train", *common, "--fold", "0", *TINY_CLI, *narrow]) == 0
     out = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--out", str(out)]) == 0

@@ -15,22 +15,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers_bundle import CPU, NARROW, save_random_weights
+from helpers import CPU, NARROW, save_random_weights
 from scipy import ndimage
 
-from hippogan.pipeline.inference import (
-    DEFAULT_BUNDLE,
-    VOLUME_COLUMNS,
-    VOLUMES_CSV,
-    EmptyPlaneSkipper,
-    Segmenter,
-    choose_mode,
-    find_inputs,
-    load_generator,
-    scan_extent_mm,
-    segmenter_from_bundle,
-)
-from hippogan.transforms import IMAGE, scan_loader
+from hippogan.pipeline.bundled import DEFAULT_BUNDLE
+from hippogan.pipeline.inputs import find_inputs
+from hippogan.pipeline.results import VOLUME_COLUMNS, VOLUMES_CSV
+from hippogan.pipeline.segmenter import EmptyPlaneSkipper, Segmenter, segmenter_from_bundle
+from hippogan.pipeline.weights import load_generator
+from hippogan.transforms import IMAGE, HippocampalROICrop, KeepLargestComponent, get_loading, get_preprocessing
+from hippogan.transforms import field_of_view_mm, scan_loader
 from hippogan.transforms.roi import DEFAULT_BOX_SIZE, DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER, world_box_to_voxels
 
 
@@ -58,6 +52,10 @@ def mni_path(tmp_path_factory) -> Path:
     return path
 
 
+def _datalist(pairs) -> list[dict[str, str]]:
+    return [{"subject_id": subject, IMAGE: str(path)} for subject, path in pairs]
+
+
 def _read_volumes(folder: Path) -> list[dict[str, str]]:
     with (folder / VOLUMES_CSV).open(newline="") as stream:
         reader = csv.DictReader(stream)
@@ -76,8 +74,8 @@ def _check_volumes(row: dict[str, str], labels: np.ndarray, affine: np.ndarray) 
 
 def test_msd_label_maps_on_input_grid(segmenter, msd_images, tmp_path):
     seen = []
-    summary = segmenter.segment_many(
-        find_inputs(msd_images), tmp_path, progress=False, on_result=lambda result, path: seen.append((result, path))
+    summary = segmenter.run(
+        _datalist(find_inputs(msd_images)), tmp_path, progress=False, on_result=lambda result, path: seen.append((result, path))
     )
     assert not summary.failures
     assert [(r.subject, p) for r, p in seen] == list(summary.label_maps.items())
@@ -98,7 +96,7 @@ def test_msd_label_maps_on_input_grid(segmenter, msd_images, tmp_path):
 def test_dicom_series_label_maps(segmenter, dicom_dir, tmp_path):
     inputs = find_inputs(dicom_dir)
     assert len(inputs) == 3 and all(path.is_dir() for _, path in inputs)
-    summary = segmenter.segment_many(inputs, tmp_path, progress=False)
+    summary = segmenter.run(_datalist(inputs), tmp_path, progress=False)
     assert not summary.failures
     for (subject, folder), row in zip(inputs, _read_volumes(tmp_path)):
         scan = scan_loader(IMAGE)({IMAGE: str(folder)})[IMAGE]
@@ -110,7 +108,7 @@ def test_dicom_series_label_maps(segmenter, dicom_dir, tmp_path):
 
 
 def test_whole_brain_two_sides_on_input_grid(segmenter, mni_path, tmp_path):
-    summary = segmenter.segment_many([("mni", mni_path)], tmp_path, progress=False)
+    summary = segmenter.run(_datalist([("mni", mni_path)]), tmp_path, progress=False)
     assert not summary.failures
     image, pred = nib.load(mni_path), nib.load(tmp_path / "mni.nii.gz")
     assert pred.shape == image.shape and np.array_equal(pred.affine, image.affine)
@@ -126,13 +124,14 @@ def test_whole_brain_two_sides_on_input_grid(segmenter, mni_path, tmp_path):
 
 
 def test_auto_mode_from_field_of_view(msd_images, dicom_dir, mni_path):
-    assert choose_mode(msd_images[0]) == "precropped"
-    assert choose_mode(mni_path) == "whole_brain"
-    assert choose_mode(mni_path, "precropped") == "precropped"
+    auto = get_preprocessing(mode="auto", with_label=False)
+    assert isinstance(auto({IMAGE: str(msd_images[0])}), dict)  # a crop: one sample
+    assert [s["side"] for s in auto({IMAGE: str(mni_path)})] == ["left", "right"]  # a whole brain: two
+    assert isinstance(get_preprocessing(mode="precropped", with_label=False)({IMAGE: str(mni_path)}), dict)
     series = sorted(p for p in dicom_dir.iterdir() if p.is_dir())[0]
-    scan = scan_loader(IMAGE)({IMAGE: str(series)})[IMAGE]
-    np.testing.assert_allclose(scan_extent_mm(series), np.asarray(scan.shape) * np.asarray(scan.pixdim), rtol=0.05)
-    assert choose_mode(series) == "precropped"
+    scan = get_loading(with_label=False)({IMAGE: str(series)})[IMAGE]
+    assert HippocampalROICrop(mode="auto").resolve_mode(scan) == "precropped"
+    np.testing.assert_allclose(field_of_view_mm(scan), np.asarray(scan.shape[1:]), rtol=1e-6)  # 1 mm after Spacingd
 
 
 def test_find_inputs_kinds(msd_dir, dicom_dir, tmp_path):
@@ -164,8 +163,8 @@ MANIFEST = "subject_id,image,label,fold\ns,s.nii.gz,,0\n"
     "name, content, kwargs, match",
     [
         ("missing.nii.gz", None, {}, "no such file or folder"),
-        (".", None, {}, "no NIfTI file"),
-        ("notes.txt", "x", {}, "expected a NIfTI file"),
+        (".", None, {}, "no scan file"),
+        ("notes.txt", "x", {}, "expected a NIfTI or MGH file"),
         ("m.csv", MANIFEST, {}, "needs dataset_dir"),
         ("m.csv", MANIFEST, {"dataset_dir": ".", "fold": 3}, "no row with fold 3"),
     ],
@@ -192,7 +191,7 @@ def test_bad_scan_fails_alone(segmenter, msd_images, tmp_path):
     not_nifti = tmp_path / "inputs" / "text.nii"
     not_nifti.write_text("not a NIfTI file")
     inputs = [("good", msd_images[0]), ("truncated", truncated), ("text", not_nifti)]
-    summary = segmenter.segment_many(inputs, tmp_path / "out", progress=False)
+    summary = segmenter.run(_datalist(inputs), tmp_path / "out", progress=False)
     assert set(summary.label_maps) == {"good"} and (tmp_path / "out" / "good.nii.gz").is_file()
     assert set(summary.failures) == {"truncated", "text"}
     for subject, path in inputs[1:]:
@@ -208,7 +207,7 @@ def test_bad_scan_fails_alone(segmenter, msd_images, tmp_path):
 def test_unwritable_output_folder(segmenter, msd_images, tmp_path, target):
     (tmp_path / "a_file").write_text("a file, not a folder")
     with pytest.raises(ValueError, match=f"output folder .*{target}"):
-        segmenter.segment_many([("s", msd_images[0])], tmp_path / target, progress=False)
+        segmenter.run(_datalist([("s", msd_images[0])]), tmp_path / target, progress=False)
 
 
 def test_incompatible_checkpoint_names_the_file(narrow_weights, tmp_path):
@@ -237,8 +236,9 @@ def _constant_network(label: int) -> torch.nn.Module:
 
 def test_empty_prediction_gives_empty_map_and_warning(msd_images, tmp_path, caplog):
     background = _constant_network(0)
-    with caplog.at_level(logging.WARNING, logger="hippogan.pipeline.inference"):
-        summary = Segmenter(background, mode="precropped").segment_many([("s", msd_images[0])], tmp_path, False)
+    precropped = get_preprocessing(mode="precropped", with_label=False)
+    with caplog.at_level(logging.WARNING, logger="hippogan.pipeline.segmenter"):
+        summary = Segmenter(background, preprocessing=precropped).run(_datalist([("s", msd_images[0])]), tmp_path, False)
     assert "no hippocampus found" in caplog.text and "s:" in caplog.text
     assert not np.asarray(nib.load(summary.label_maps["s"]).dataobj).any()
     assert float(_read_volumes(tmp_path)[0]["total_mm3"]) == 0.0
@@ -248,7 +248,7 @@ def test_failing_result_hook_fails_its_scan(msd_images, tmp_path):
     def hook(result, path):
         raise RuntimeError(f"QC picture of {result.subject} broke")
 
-    summary = Segmenter(_constant_network(1)).segment_many([("s", msd_images[0])], tmp_path, False, on_result=hook)
+    summary = Segmenter(_constant_network(1)).run(_datalist([("s", msd_images[0])]), tmp_path, False, on_result=hook)
     assert not summary.label_maps and "QC picture of s broke" in summary.failures["s"]
 
 
@@ -257,7 +257,7 @@ def test_largest_component_per_side(segmenter, msd_images):
     labels[0, 2:6, 2:6, 2:6] = 1  # 64 voxels, label 1 touching label 2 below: one component of 128
     labels[0, 6:10, 2:6, 2:6] = 2
     labels[0, 14:17, 14:17, 14:17] = 2  # 27 voxels apart
-    kept = Segmenter._largest_component(labels)
+    kept = KeepLargestComponent()(labels)
     assert int((kept == 1).sum()) == 64 and int((kept == 2).sum()) == 64 and not kept[0, 14:, 14:, 14:].any()
     result = segmenter.segment(msd_images[0])
     assert ndimage.label(result.label_map > 0, structure=np.ones((3, 3, 3)))[1] <= 1
@@ -274,13 +274,11 @@ def test_empty_plane_skipper_matches_the_network():
             np.testing.assert_allclose(EmptyPlaneSkipper(network)(x), network(x), atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [({"mode": "brain"}, "unknown mode"), ({"preprocessing_kwargs": {"mode": "whole_brain"}}, "must not set")],
-)
-def test_segmenter_rejects_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        Segmenter(torch.nn.Conv2d(1, 3, 1), **kwargs)
+def test_segmenter_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown mode"):
+        HippocampalROICrop(mode="brain")
+    with pytest.raises(ValueError, match="give postprocessing"):
+        Segmenter(torch.nn.Conv2d(1, 3, 1), preprocessing=lambda data: data)
 
 
 def test_segmenter_from_bundle_needs_a_config(tmp_path):

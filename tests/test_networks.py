@@ -189,6 +189,8 @@ def test_inception_kernels_are_factorised(spatial_dims: int, expected: set) -> N
          "patch-discriminator-3d"],
 )
 def test_torchscript_matches_eager(make, shape: tuple) -> None:
+    """MONAI's ``monai.bundle ckpt_export`` scripts the network (torch 2.13 deprecates ``torch.jit.script``, silenced
+    in setup.cfg: the bundle tool still uses it), so every network must script and match eager mode."""
     net = make().eval()
     scripted = torch.jit.script(net)
     x = torch.randn(*shape)

@@ -1,8 +1,11 @@
-"""ConditionalGanTrainer, GANLoss and checkpoints on tiny synthetic 2D data (CPU)."""
+"""ConditionalGanTrainer, its adversarial loss, its handlers and checkpoints on tiny synthetic 2D data (CPU)."""
 
 from __future__ import annotations
 
+import csv
 import io
+import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,13 @@ from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.handlers import MeanDice, StatsHandler, ValidationHandler, from_engine
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceCELoss, DiceLoss, PatchAdversarialLoss
 from monai.networks.nets import Discriminator, PatchDiscriminator, UNet
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from monai.utils import CommonKeys
 from torch.utils.data import DataLoader
 
+from hippogan.pipeline.bundle_training import EPOCH_LOG_COLUMNS, EpochLogHandler, TimeBudgetHandler
 from hippogan.pipeline.checkpoint import (
     CheckpointHandler,
     load_checkpoint,
@@ -26,11 +30,11 @@ from hippogan.pipeline.checkpoint import (
     resume,
     save_checkpoint,
 )
-from hippogan.pipeline.losses import GANLoss
-from hippogan.pipeline.trainer import (
+from hippogan.pipeline.gan_trainer import (
     ConditionalGanTrainer,
     GanLossKeys,
     attach_progress_bar,
+    default_adversarial_loss,
     default_optimizer,
     gan_losses,
     label_to_one_hot,
@@ -94,22 +98,31 @@ def same_params(network: torch.nn.Module, reference: list[torch.Tensor]) -> bool
 # ---------------------------------------------------------------- losses and helpers
 
 
-@pytest.mark.parametrize(
-    "prediction, target_is_real, expected",
-    [
-        (torch.ones(2, 1), True, 0.0),
-        (torch.zeros(2, 1, 4, 4), False, 0.0),
-        (torch.ones(2, 1), False, 1.0),
-        (torch.full((3, 1), 0.5), True, 0.25),
-    ],
-)
-def test_gan_loss_targets(prediction, target_is_real, expected):
-    assert GANLoss()(prediction, target_is_real).item() == pytest.approx(expected)
+def lsgan(prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    """The removed ``hippogan.pipeline.losses.GANLoss()``: MSE against a tensor of 1 (real) or 0 (fake)."""
+    return torch.nn.functional.mse_loss(prediction, torch.full_like(prediction, 1.0 if target_is_real else 0.0))
 
 
-def test_gan_loss_value_error():
-    with pytest.raises(ValueError, match="must differ"):
-        GANLoss(real_label=1.0, fake_label=1.0)
+@pytest.mark.parametrize("shape", [(4, 1), (2, 1, 6, 6), (3, 1, 4, 4, 4)])
+@pytest.mark.parametrize("target_is_real", [True, False])
+def test_default_adversarial_loss_equals_the_former_gan_loss(shape, target_is_real):
+    """MONAI's PatchAdversarialLoss (least squares, no activation) gives the values of the project's former
+    GANLoss on random discriminator scores, for the discriminator step and for the generator step (real)."""
+    prediction = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
+    loss = default_adversarial_loss()
+    assert isinstance(loss, PatchAdversarialLoss)
+    expected = lsgan(prediction, target_is_real)
+    assert torch.allclose(loss(prediction, target_is_real=target_is_real, for_discriminator=True), expected)
+    if target_is_real:
+        assert torch.allclose(loss(prediction, target_is_real=True, for_discriminator=False), expected)
+
+
+def test_monai_default_least_squares_is_not_the_paper_loss():
+    """Without ``no_activation_leastsq`` MONAI puts a LeakyReLU on the scores: another loss, hence the flag."""
+    prediction = -torch.ones(3, 1)
+    monai_default = PatchAdversarialLoss(criterion="least_squares")
+    value = monai_default(prediction, target_is_real=True, for_discriminator=True)
+    assert not torch.allclose(value, lsgan(prediction, True))
 
 
 @pytest.mark.parametrize(
@@ -425,3 +438,54 @@ def test_resume_restores_best_tracker(tmp_path):
     restored = CheckpointHandler(Path(tmp_path))
     resume(make_trainer(max_epochs=2), tmp_path / "last.pt", checkpoint_handler=restored)
     assert restored.state_dict() == {"best_metric": 0.7, "best_metric_epoch": 1}
+
+
+# ---------------------------------------------------------------- config handlers: time budget, epoch log
+
+
+def test_time_budget_closes_the_epoch_then_stops(tmp_path):
+    trainer = make_trainer(max_epochs=3, loader=make_loader(n=6, batch_size=2))  # 3 iterations an epoch
+    budget = TimeBudgetHandler(minutes=1e-9)
+    budget.attach(trainer)
+    CheckpointHandler(tmp_path).attach(trainer)
+    closed: list[int] = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: closed.append(engine.state.iteration))
+    trainer.run()
+    assert budget.stopped_at == 1 and trainer.state.iteration == 1 and closed == [1]
+    assert load_checkpoint(tmp_path / "last.pt")["engine"]["iteration"] == 1  # the cut epoch was saved
+
+
+def test_time_budget_none_is_disabled():
+    trainer = make_trainer(max_epochs=2)
+    TimeBudgetHandler(minutes=None).attach(trainer)
+    trainer.run()
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 4
+
+
+@pytest.mark.parametrize("minutes", [0, -1.0])
+def test_time_budget_value_error(minutes):
+    with pytest.raises(ValueError, match="minutes must be > 0"):
+        TimeBudgetHandler(minutes)
+
+
+def test_epoch_log_one_line_and_one_row_per_epoch(tmp_path, caplog):
+    path = tmp_path / "epochs.csv"
+    trainer = make_trainer(max_epochs=2)
+    EpochLogHandler(csv_path=path, name="hippogan.test_epoch_log").attach(trainer)
+    with caplog.at_level(logging.INFO, logger="hippogan.test_epoch_log"):
+        trainer.run()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hippogan.test_epoch_log"]
+    assert len(lines) == 2 and lines[1].startswith("epoch 2: 2 iterations") and "samples/s, lr 0.0002" in lines[1]
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(EPOCH_LOG_COLUMNS)
+    assert all(int(r["iterations"]) == 2 and int(r["samples"]) == 4 for r in rows)
+    assert all(math.isfinite(float(r[key])) and float(r[key]) > 0 for r in rows for key in ("g_loss", "d_loss"))
+
+    resumed = make_trainer(max_epochs=3)  # a resumed run continues the file: epochs 1-2 kept, 3 added
+    resume(resumed, save_checkpoint(tmp_path / "last.pt", trainer))
+    EpochLogHandler(csv_path=path).attach(resumed)
+    resumed.run()
+    with path.open(newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.csv", "last.pt"]  # no temporary file left

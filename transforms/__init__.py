@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from hippogan.transforms.augmentation import get_plane_augmentation
-from hippogan.transforms.chains import get_loading, get_postprocessing, get_preprocessing
-from hippogan.transforms.context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
-from hippogan.transforms.intensity import (
+from .augmentation import get_plane_augmentation
+from .cleanup import KeepLargestComponent, KeepLargestComponentD, KeepLargestComponentd, KeepLargestComponentDict
+from .chains import get_loading, get_postprocessing, get_preprocessing
+from .context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
+from .intensity import (
     ScaleIntensityRangePercentilesNonzero,
     ScaleIntensityRangePercentilesNonzeroD,
     ScaleIntensityRangePercentilesNonzerod,
     ScaleIntensityRangePercentilesNonzeroDict,
 )
-from hippogan.transforms.keys import IMAGE, LABEL, LEFT, PRED, RIGHT, SIDE, UNKNOWN_SIDE
-from hippogan.transforms.loading import SitkDicomSeriesReader, scan_loader
-from hippogan.transforms.mirror import MirrorSideD, MirrorSided, MirrorSideDict
-from hippogan.transforms.roi import (
+from .keys import IMAGE, LABEL, LEFT, PRED, RIGHT, SIDE, UNKNOWN_SIDE
+from .loading import SitkDicomSeriesReader, scan_loader
+from .mirror import MirrorSideD, MirrorSided, MirrorSideDict
+from .roi import (
     DEFAULT_BOX_SIZE,
     DEFAULT_LEFT_CENTER,
     DEFAULT_RIGHT_CENTER,
     DEFAULT_ROI_SIZE,
+    AUTO,
     ROI_MODES,
+    WHOLE_BRAIN_MIN_EXTENT_MM,
+    field_of_view_mm,
     HippocampalROICrop,
     HippocampalROICropD,
     HippocampalROICropd,
@@ -27,7 +31,8 @@ from hippogan.transforms.roi import (
     merge_sides,
     world_box_to_voxels,
 )
-from hippogan.transforms.slicing import sagittal_inferer, sagittal_slices, sagittal_to_volume, volume_to_sagittal
+from .sanity import SCAN_WARNINGS, CheckScand, CheckScanD, CheckScanDict, check_scan
+from .slicing import as_plain_tensor, sagittal_inferer, sagittal_to_volume, volume_to_sagittal
 
 __all__ = [
     "IMAGE",
@@ -44,7 +49,10 @@ __all__ = [
     "ScaleIntensityRangePercentilesNonzerod",
     "ScaleIntensityRangePercentilesNonzeroD",
     "ScaleIntensityRangePercentilesNonzeroDict",
+    "AUTO",
     "ROI_MODES",
+    "WHOLE_BRAIN_MIN_EXTENT_MM",
+    "field_of_view_mm",
     "DEFAULT_ROI_SIZE",
     "DEFAULT_BOX_SIZE",
     "DEFAULT_LEFT_CENTER",
@@ -55,6 +63,10 @@ __all__ = [
     "HippocampalROICropD",
     "HippocampalROICropDict",
     "merge_sides",
+    "KeepLargestComponent",
+    "KeepLargestComponentd",
+    "KeepLargestComponentD",
+    "KeepLargestComponentDict",
     "MirrorSided",
     "MirrorSideD",
     "MirrorSideDict",
@@ -65,8 +77,43 @@ __all__ = [
     "sagittal_inferer",
     "volume_to_sagittal",
     "sagittal_to_volume",
-    "sagittal_slices",
+    "as_plain_tensor",
+    "SCAN_WARNINGS",
+    "CheckScand",
+    "CheckScanD",
+    "CheckScanDict",
+    "check_scan",
     "get_loading",
     "get_preprocessing",
     "get_postprocessing",
+]
+
+from .registration import (  # noqa: E402  (issue 12: localisation by registration to the MNI152 template)
+    ETIV_MM3,
+    ETIV_SCALE,
+    MIN_QUALITY,
+    QUALITY_WARN,
+    REGISTRATION_MODES,
+    REGISTRATION_QUALITY,
+    RegisterToTemplate,
+    RegisterToTemplateD,
+    RegisterToTemplated,
+    RegisterToTemplateDict,
+    RegistrationResult,
+    register_to_template,
+)
+
+__all__ += [
+    "REGISTRATION_MODES",
+    "REGISTRATION_QUALITY",
+    "MIN_QUALITY",
+    "QUALITY_WARN",
+    "ETIV_SCALE",
+    "ETIV_MM3",
+    "RegistrationResult",
+    "register_to_template",
+    "RegisterToTemplate",
+    "RegisterToTemplated",
+    "RegisterToTemplateD",
+    "RegisterToTemplateDict",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Sequence
 
 from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandScaleIntensityd
 
-from hippogan.transforms.keys import IMAGE, LABEL
+from .keys import IMAGE, LABEL
 
 __all__ = ["get_plane_augmentation"]
 

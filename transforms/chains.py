@@ -17,19 +17,24 @@ from collections.abc import Mapping, Sequence
 
 from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, EnsureTyped, Invertd, Orientationd, Spacingd
 
-from hippogan.transforms.context import SagittalContextd
-from hippogan.transforms.intensity import ScaleIntensityRangePercentilesNonzerod
-from hippogan.transforms.keys import IMAGE, LABEL, PRED, SIDE
-from hippogan.transforms.labels import MapLabelsd
-from hippogan.transforms.loading import scan_loader
-from hippogan.transforms.mirror import MirrorSided
-from hippogan.transforms.roi import DEFAULT_ROI_SIZE, HippocampalROICropd
+from .cleanup import KeepLargestComponentd
+from .context import SagittalContextd
+from .intensity import ScaleIntensityRangePercentilesNonzerod
+from .keys import IMAGE, LABEL, PRED, SIDE
+from .labels import MapLabelsd
+from .loading import scan_loader
+from .mirror import MirrorSided
+from .roi import DEFAULT_ROI_SIZE, HippocampalROICropd
+from .sanity import CheckScand
 
 __all__ = ["get_loading", "get_preprocessing", "get_postprocessing"]
 
 
 def get_loading(with_label: bool = True, pixdim: Sequence[float] = (1.0, 1.0, 1.0)) -> Compose:
-    """Return load -> channel first -> RAS -> ``pixdim`` resampling (image bilinear, label nearest); invertible.
+    """Return load -> channel first -> input checks -> RAS -> ``pixdim`` resampling (image bilinear, label nearest).
+
+    The checks (:class:`~hippogan.transforms.sanity.CheckScand`) refuse what cannot be a T1 volume and shift the
+    image's minimum to 0; the geometric steps are invertible.
 
     Args:
         with_label: also load ``"label"``.
@@ -45,6 +50,7 @@ def get_loading(with_label: bool = True, pixdim: Sequence[float] = (1.0, 1.0, 1.
         [
             scan_loader(keys),
             EnsureChannelFirstd(keys),
+            CheckScand(IMAGE),
             Orientationd(keys, axcodes="RAS", labels=None),
             Spacingd(keys, pixdim=tuple(pixdim), mode=("bilinear", "nearest")[: len(keys)]),
         ]
@@ -72,8 +78,9 @@ def get_preprocessing(
     maps a prediction back.
 
     Args:
-        mode: ``"precropped"`` (MSD-like crops; one dict out) or ``"whole_brain"`` (MNI-space scans;
-            a list of two dicts out, left and right, tagged in ``"side"``).
+        mode: ``"precropped"`` (MSD-like crops; one dict out), ``"whole_brain"`` (MNI-space scans;
+            a list of two dicts out, left and right, tagged in ``"side"``) or ``"auto"`` (per scan, by its
+            field of view; see :class:`HippocampalROICropd`).
         roi_size: ROI shape, voxels (RAS x, y, z).
         with_label: also load and transform ``"label"`` (training, evaluation).
         mirror: flip left samples along x so both sides share the right side's orientation.
@@ -105,7 +112,9 @@ def get_preprocessing(
     return Compose(transforms)
 
 
-def get_postprocessing(preprocessing: Compose, argmax: bool = True, pred_key: str = PRED) -> Compose:
+def get_postprocessing(
+    preprocessing: Compose, argmax: bool = True, pred_key: str = PRED, largest_component: bool = False
+) -> Compose:
     """Return the per-sample post-processing: ROI prediction in, map on the input scan's grid out.
 
     Args:
@@ -113,6 +122,8 @@ def get_postprocessing(preprocessing: Compose, argmax: bool = True, pred_key: st
         argmax: turn ``(C, *roi_size)`` network outputs into a ``(1, *roi_size)`` label map first;
             ``False`` when ``pred_key`` already holds labels (or to invert probabilities, with nearest).
         pred_key: key of the prediction.
+        largest_component: then keep the largest connected component of the hippocampus
+            (:class:`~hippogan.transforms.cleanup.KeepLargestComponentd`), on the input grid.
 
     Applied to one decollated sample (holding ``"image"``, whose trace drives the inversion), it undoes
     mirroring, the ROI crop, spacing and orientation with nearest interpolation: the result has the
@@ -124,4 +135,6 @@ def get_postprocessing(preprocessing: Compose, argmax: bool = True, pred_key: st
     if argmax:
         transforms.append(AsDiscreted(pred_key, argmax=True))
     transforms.append(Invertd(pred_key, transform=preprocessing, orig_keys=IMAGE, nearest_interp=True, to_tensor=True))
+    if largest_component:
+        transforms.append(KeepLargestComponentd(pred_key))
     return Compose(transforms)

@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from hippogan.transforms.keys import IMAGE
+from .keys import IMAGE
 
 __all__ = ["SagittalContext", "SagittalContextd", "SagittalContextD", "SagittalContextDict"]
 

@@ -14,18 +14,53 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImaged
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["SitkDicomSeriesReader", "scan_loader"]
+__all__ = [
+    "MGH_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "SCAN_SUFFIXES",
+    "MghReader",
+    "SitkDicomSeriesReader",
+    "is_dicom_file",
+    "nifti_stem",
+    "scan_loader",
+    "scan_stem",
+]
 
 logger = logging.getLogger(__name__)
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+"""File name endings of NIfTI images (compressed first, so that ``.nii.gz`` is not read as ``.gz``)."""
+MGH_SUFFIXES = (".mgz", ".mgh")
+"""File name endings of FreeSurfer's MGH images."""
+SCAN_SUFFIXES = NIFTI_SUFFIXES + MGH_SUFFIXES
+"""File name endings of the image files :func:`scan_loader` reads (besides DICOM series folders)."""
 _NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
 _NVIMGCODEC_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully"
 _NVIMGCODEC_NOTICE = "nvImageCodec is not available; skipping pydicom decoder plugin registration"
+
+
+def nifti_stem(name: str) -> str | None:
+    """``"sub-01.nii.gz"`` -> ``"sub-01"``; ``None`` when ``name`` is not a NIfTI file name (case-insensitive)."""
+    return next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.lower().endswith(s)), None)
+
+
+def scan_stem(name: str) -> str | None:
+    """``"t1.mgz"`` -> ``"t1"``, ``"sub-01.nii.gz"`` -> ``"sub-01"``; ``None`` for a name of no :data:`SCAN_SUFFIXES`."""
+    return next((name[: -len(s)] for s in SCAN_SUFFIXES if name.lower().endswith(s)), None)
+
+
+class MghReader(NibabelReader):
+    """MONAI's ``NibabelReader`` for FreeSurfer's ``.mgz`` / ``.mgh`` files (nibabel reads them; MONAI's reader
+    only claims NIfTI names). The affine is the file's own voxel-to-RAS matrix, as for NIfTI."""
+
+    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
+        """Return True when every given path ends in ``.mgz`` or ``.mgh``."""
+        return all(str(f).lower().endswith(MGH_SUFFIXES) for f in ensure_tuple(filename))
 
 
 class SitkDicomSeriesReader(ImageReader):
@@ -35,9 +70,13 @@ class SitkDicomSeriesReader(ImageReader):
     affine is converted from DICOM's LPS to RAS, as MONAI's ``ITKReader`` does, so it is consistent
     with ``NibabelReader`` and ``Orientationd(axcodes="RAS")`` can follow.
 
+    A series is refused (``ValueError`` naming the folder) when its folder holds several series and no
+    ``series_uid`` is given (as ``hippogan manifest`` refuses them), when some DICOM files of the folder are
+    not readable slices of it (a corrupt header is not dropped silently), and when its slices are not evenly
+    spaced (a missing slice would otherwise stretch the volume).
+
     Args:
-        series_uid: the SeriesInstanceUID to read when a folder holds several series; ``None`` reads
-            the first one SimpleITK lists (and logs a warning when there are several).
+        series_uid: the SeriesInstanceUID to read when a folder holds several series.
     """
 
     def __init__(self, series_uid: str | None = None) -> None:
@@ -67,9 +106,15 @@ class SitkDicomSeriesReader(ImageReader):
             if self.series_uid is not None and self.series_uid not in uids:
                 raise ValueError(f"DICOM series reader: series {self.series_uid} not in {folder}; found {uids}.")
             if self.series_uid is None and len(uids) > 1:
-                logger.warning("folder %s holds %d DICOM series; reading the first, %s", folder, len(uids), uids[0])
+                raise ValueError(
+                    f"DICOM series reader: folder {folder} holds {len(uids)} DICOM series ({', '.join(uids)}); "
+                    "put each series in a folder of its own."
+                )
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, self.series_uid or uids[0]))
+            _check_series_files(folder, files, several_series=len(uids) > 1)
+            _check_slice_spacing(folder, files)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, self.series_uid or uids[0]))
+            reader.SetFileNames(files)
             images.append(reader.Execute())
         return images if len(images) > 1 else images[0]
 
@@ -106,11 +151,63 @@ class SitkDicomSeriesReader(ImageReader):
         return data, meta
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or a file with the DICOM preamble magic ``DICM`` at byte 128."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _check_series_files(folder: str, files: Sequence[str], several_series: bool) -> None:
+    """Raise ``ValueError`` when DICOM files of ``folder`` are left out of its (only) series: unreadable slices."""
+    if several_series:
+        return
+    listed = {Path(f).resolve() for f in files}
+    dicom = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"]
+    left_out = sorted(p.name for p in dicom if is_dicom_file(p) and p.resolve() not in listed)
+    if left_out:
+        raise ValueError(
+            f"DICOM series reader: {len(left_out)} DICOM file(s) in {folder} are not readable slices of its series "
+            f"(corrupt header?): {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}."
+        )
+
+
+def _check_slice_spacing(folder: str, files: Sequence[str], tolerance: float = 0.05) -> None:
+    """Raise ``ValueError`` when the slice positions along the slice normal are not evenly spaced (missing slices)."""
+    import SimpleITK as sitk
+
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+        normal = direction[:, 2] if normal is None else normal
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    steps = np.abs(np.diff(positions))
+    typical = float(np.median(steps))
+    odd = np.flatnonzero(np.abs(steps - typical) > tolerance * max(typical, 1e-3))
+    if typical <= 0 or len(odd):
+        first = int(odd[0]) if len(odd) else 0
+        raise ValueError(
+            f"DICOM series reader: the slices of {folder} are not evenly spaced: {steps[first]:.2f} mm between "
+            f"slices {first + 1} and {first + 2} where the others are {typical:.2f} mm (a missing slice?)."
+        )
+
+
 def scan_loader(keys: Sequence[str] | str, allow_missing_keys: bool = False) -> LoadImaged:
     """Return a :class:`~monai.transforms.LoadImaged` that reads NIfTI files and DICOM series folders.
 
     MONAI picks the reader by the path: a folder goes to :class:`SitkDicomSeriesReader` (registered last,
-    so tried first), a ``.nii``/``.nii.gz`` file to MONAI's ``NibabelReader``. Each key then holds a
+    so tried first), a ``.mgz``/``.mgh`` file to :class:`MghReader`, a ``.nii``/``.nii.gz`` file to MONAI's
+    ``NibabelReader``. Each key then holds a
     ``MetaTensor`` of shape ``(X, Y, Z)`` (no channel axis yet), ``float32``, with its affine in RAS (mm).
 
     Args:
@@ -129,6 +226,7 @@ def scan_loader(keys: Sequence[str] | str, allow_missing_keys: bool = False) -> 
             loader = LoadImaged(keys, image_only=True, allow_missing_keys=allow_missing_keys)
     finally:
         plugin_logger.removeFilter(_drop_nvimgcodec_notice)
+    loader.register(MghReader())
     loader.register(SitkDicomSeriesReader())
     return loader
 

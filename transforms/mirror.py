@@ -9,7 +9,7 @@ from monai.data import get_track_meta
 from monai.transforms import Flip, InvertibleTransform, MapTransform
 from monai.utils import TraceKeys, convert_to_tensor
 
-from hippogan.transforms.keys import LEFT, RIGHT, SIDE
+from .keys import LEFT, RIGHT, SIDE
 
 __all__ = ["MirrorSided", "MirrorSideD", "MirrorSideDict"]
 

@@ -28,11 +28,14 @@ from monai.transforms.traits import MultiSampleTrait
 from monai.utils import TraceKeys, convert_to_tensor
 from nibabel.orientations import aff2axcodes
 
-from hippogan.transforms.keys import LEFT, PRED, RIGHT, SIDE, UNKNOWN_SIDE
+from .keys import LEFT, PRED, RIGHT, SIDE, UNKNOWN_SIDE
 
 __all__ = [
+    "AUTO",
     "ROI_MODES",
+    "WHOLE_BRAIN_MIN_EXTENT_MM",
     "DEFAULT_ROI_SIZE",
+    "field_of_view_mm",
     "DEFAULT_BOX_SIZE",
     "DEFAULT_LEFT_CENTER",
     "DEFAULT_RIGHT_CENTER",
@@ -45,6 +48,11 @@ __all__ = [
 ]
 
 ROI_MODES = ("precropped", "whole_brain")
+AUTO = "auto"
+"""Mode that picks ``"whole_brain"`` for a volume whose field of view exceeds :data:`WHOLE_BRAIN_MIN_EXTENT_MM`."""
+WHOLE_BRAIN_MIN_EXTENT_MM = 100.0
+"""Field of view (mm, along any axis) above which mode ``"auto"`` takes a volume as a whole brain: MSD crops span
+at most ~60 mm, a whole-brain T1 ~150 mm or more."""
 DEFAULT_ROI_SIZE = (48, 64, 64)
 """Voxels (RAS x, y, z): holds every MSD crop (up to 43x59x47) and gives 64x64 sagittal planes."""
 DEFAULT_BOX_SIZE = (36.0, 50.0, 36.0)
@@ -74,6 +82,15 @@ def world_box_to_voxels(
     return start, start + size_vox
 
 
+def field_of_view_mm(img: torch.Tensor) -> np.ndarray:
+    """Field of view of a channel-first volume ``(C, X, Y, Z)`` along its 3 axes, mm (voxels x spacing).
+
+    A plain tensor (no affine) counts as 1 mm voxels.
+    """
+    spacing = affine_to_spacing(img.affine, r=3).numpy() if isinstance(img, MetaTensor) else np.ones(3)
+    return np.asarray(img.shape[1:], dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+
+
 def _as_triple(value: Sequence[float] | Sequence[int], name: str, positive: bool = False) -> tuple[float, ...]:
     values = tuple(np.asarray(value, dtype=np.float64).ravel().tolist()) if value is not None else ()
     if len(values) != 3 or (positive and min(values) <= 0):
@@ -86,8 +103,10 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
     """Cut the fixed hippocampal ROI out of a channel-first volume ``(C, X, Y, Z)`` in RAS.
 
     Args:
-        mode: ``"precropped"`` (pad or crop, centred, to ``roi_size``; returns one volume) or
-            ``"whole_brain"`` (two MNI boxes; returns ``[left, right]``).
+        mode: ``"precropped"`` (pad or crop, centred, to ``roi_size``; returns one volume),
+            ``"whole_brain"`` (two MNI boxes; returns ``[left, right]``) or ``"auto"`` (``"whole_brain"``
+            when the volume's field of view exceeds :data:`WHOLE_BRAIN_MIN_EXTENT_MM` along any axis, else
+            ``"precropped"``; decided per volume).
         roi_size: output spatial shape, voxels (RAS x, y, z).
         box_size: whole-brain box field of view, mm (RAS x, y, z); at most ``roi_size`` (at 1 mm).
         left_center: whole-brain left box centre, MNI mm.
@@ -108,8 +127,8 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         left_center: Sequence[float] = DEFAULT_LEFT_CENTER,
         right_center: Sequence[float] = DEFAULT_RIGHT_CENTER,
     ) -> None:
-        if mode not in ROI_MODES:
-            raise ValueError(f"HippocampalROICrop: unknown mode {mode!r}; expected one of {ROI_MODES}.")
+        if mode not in (AUTO, *ROI_MODES):
+            raise ValueError(f"HippocampalROICrop: unknown mode {mode!r}; expected one of {(AUTO, *ROI_MODES)}.")
         roi = _as_triple(roi_size, "roi_size", positive=True)
         if any(r != int(r) for r in roi):
             raise ValueError(f"HippocampalROICrop: roi_size must be whole voxel counts, got {roi_size!r}.")
@@ -128,7 +147,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         shape = np.asarray(img.shape[1:])
         if len(shape) != 3:
             raise ValueError(f"HippocampalROICrop: expected a (C, X, Y, Z) volume, got shape {tuple(img.shape)}.")
-        if self.mode == "precropped":
+        if self.resolve_mode(img) == "precropped":
             start = (shape - np.minimum(shape, self.roi_size)) // 2
             end = start + np.minimum(shape, self.roi_size)
             return self._cut(img, start, end, UNKNOWN_SIDE)
@@ -152,6 +171,12 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
             samples.append(self._cut(img, start, end, side))
         return samples
 
+    def resolve_mode(self, img: torch.Tensor) -> str:
+        """The mode applied to ``img``: ``mode`` itself, or for ``"auto"`` the one its field of view implies."""
+        if self.mode != AUTO:
+            return self.mode
+        return ROI_MODES[1] if float(field_of_view_mm(img).max()) > WHOLE_BRAIN_MIN_EXTENT_MM else ROI_MODES[0]
+
     def _cut(self, img: torch.Tensor, start: np.ndarray, end: np.ndarray, side: str) -> torch.Tensor:
         """Crop ``img`` to the voxel box ``[start, end)`` (clipped to the image), pad it, centred, to ``roi_size``."""
         shape, roi = np.asarray(img.shape[1:]), np.asarray(self.roi_size)
@@ -163,7 +188,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         cropped = [int(v) for pair in zip(lo, shape - hi) for v in pair]
         padded = [int(v) for pair in zip(pad_lo, pad_hi) for v in pair]
         out = self._crop_pad(img, lo.tolist(), hi.tolist(), padded)
-        extra = {"cropped": cropped, "padded": padded, "side": side, "roi_mode": self.mode}
+        extra = {"cropped": cropped, "padded": padded, "side": side, "roi_mode": ROI_MODES[0] if side == UNKNOWN_SIDE else ROI_MODES[1]}
         return self.push_transform(out, orig_size=tuple(int(s) for s in shape), extra_info=extra)
 
     @staticmethod
@@ -214,7 +239,8 @@ class HippocampalROICropd(MapTransform, InvertibleTransform, MultiSampleTrait):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor] | list[dict]:
         """Return the ROI sample (precropped) or the ``[left, right]`` samples (whole_brain) of ``data``."""
         d = dict(data)
-        if self.cropper.mode == "precropped":
+        first = next(iter(self.key_iterator(d)), None)
+        if first is None or self.cropper.resolve_mode(d[first]) == "precropped":
             for key in self.key_iterator(d):
                 d[key] = self.cropper(d[key])
             d.setdefault(self.side_key, UNKNOWN_SIDE)

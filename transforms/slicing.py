@@ -5,24 +5,22 @@ Which to use where:
 - **Inference**: :func:`sagittal_inferer` (MONAI's ``SliceInferer`` along the first spatial axis) runs a 2D
   network on every sagittal plane of a preprocessed ROI batch ``(B, C, X, Y, Z)`` and returns the 3D map
   ``(B, C_out, X, Y, Z)``, ready for ``Invertd`` (see :func:`hippogan.transforms.chains.get_postprocessing`).
-- **Training**: keep the 3D ROI volumes in the dataset (``CacheDataset`` caches the deterministic
-  pre-processing once per case) and turn each collated batch into 2D planes with :func:`sagittal_slices`,
-  optionally keeping only the planes that hold hippocampus plus a share of empty ones.
-  :func:`volume_to_sagittal` / :func:`sagittal_to_volume` are the underlying reshapes.
+- **Training**: keep the 3D ROI volumes in a ``CacheDataset`` (the deterministic pre-processing once per
+  case); :class:`hippogan.pipeline.bundle_training.SagittalSliceDataset` serves their sagittal planes (every
+  plane holding hippocampus plus a share of the empty ones). :func:`volume_to_sagittal` /
+  :func:`sagittal_to_volume` reshape a batch of volumes to planes and back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 
-from hippogan.transforms.keys import IMAGE, LABEL
-
-__all__ = ["sagittal_inferer", "volume_to_sagittal", "sagittal_to_volume", "sagittal_slices"]
+__all__ = ["as_plain_tensor", "sagittal_inferer", "volume_to_sagittal", "sagittal_to_volume"]
 
 
 def sagittal_inferer(roi_size: Sequence[int] = (64, 64), sw_batch_size: int = 64, **kwargs: Any) -> SliceInferer:
@@ -38,7 +36,8 @@ def sagittal_inferer(roi_size: Sequence[int] = (64, 64), sw_batch_size: int = 64
     return SliceInferer(roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, spatial_dim=0, progress=False, **kwargs)
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
+def as_plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a plain ``torch.Tensor`` (a MetaTensor's data without its metadata; arrays converted)."""
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
@@ -47,7 +46,7 @@ def volume_to_sagittal(volume: torch.Tensor) -> torch.Tensor:
     if volume.ndim != 5:
         raise ValueError(f"volume_to_sagittal: expected (B, C, X, Y, Z), got shape {tuple(volume.shape)}.")
     b, c, x, y, z = volume.shape
-    return _plain(volume).permute(0, 2, 1, 3, 4).reshape(b * x, c, y, z)
+    return as_plain_tensor(volume).permute(0, 2, 1, 3, 4).reshape(b * x, c, y, z)
 
 
 def sagittal_to_volume(planes: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -58,44 +57,4 @@ def sagittal_to_volume(planes: torch.Tensor, batch_size: int) -> torch.Tensor:
             f"got shape {tuple(planes.shape)}."
         )
     n, c, y, z = planes.shape
-    return _plain(planes).reshape(batch_size, n // batch_size, c, y, z).permute(0, 2, 1, 3, 4)
-
-
-def sagittal_slices(
-    batch: Mapping[Hashable, torch.Tensor] | Sequence[Mapping[Hashable, torch.Tensor]],
-    keys: Sequence[Hashable] = (IMAGE, LABEL),
-    label_key: Hashable | None = LABEL,
-    empty_fraction: float | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[Hashable, torch.Tensor]:
-    """Turn preprocessed 3D ROI volumes into 2D sagittal training planes.
-
-    Args:
-        batch: a collated batch (each key ``(B, C, X, Y, Z)``) or a list of samples (each key ``(C, X, Y, Z)``).
-        keys: the keys to slice, in step (same planes for image and label).
-        label_key: the label used to select planes; ``None`` with ``empty_fraction=None`` keeps every plane.
-        empty_fraction: ``None`` keeps every plane; otherwise keep every plane holding label (> 0) and this
-            share (in ``[0, 1]``) of the empty ones, drawn at random with ``generator``.
-        generator: random generator for the empty-plane draw (reproducible training).
-
-    Returns:
-        ``{key: (N, C, Y, Z)}`` plain tensors, planes in volume-major, x-minor order.
-    """
-    if not isinstance(batch, Mapping):
-        batch = {key: torch.stack([_plain(sample[key]) for sample in batch]) for key in keys}
-    missing = [key for key in keys if key not in batch]
-    if missing:
-        raise ValueError(f"sagittal_slices: keys {missing} not in the batch; it has {list(batch)}.")
-    planes = {key: volume_to_sagittal(batch[key]) for key in keys}
-    if empty_fraction is None:
-        return planes
-    if not 0.0 <= empty_fraction <= 1.0:
-        raise ValueError(f"sagittal_slices: empty_fraction must be in [0, 1], got {empty_fraction}.")
-    if label_key not in planes:
-        raise ValueError(f"sagittal_slices: label_key {label_key!r} must be one of keys {list(keys)} to select planes.")
-    labelled = planes[label_key].flatten(1).gt(0).any(dim=1)
-    empty = torch.nonzero(~labelled).flatten()
-    n_keep = int(round(empty_fraction * len(empty)))
-    kept = empty[torch.randperm(len(empty), generator=generator)[:n_keep]]
-    index = torch.sort(torch.cat([torch.nonzero(labelled).flatten(), kept])).values
-    return {key: value[index] for key, value in planes.items()}
+    return as_plain_tensor(planes).reshape(batch_size, n // batch_size, c, y, z).permute(0, 2, 1, 3, 4)

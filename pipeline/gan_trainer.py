@@ -17,12 +17,11 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.engines.workflow import Workflow
+from monai.losses import PatchAdversarialLoss
 from monai.networks.utils import one_hot
 from monai.utils import CommonKeys, StrEnum
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
-
-from hippogan.pipeline.losses import GANLoss
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -34,6 +33,7 @@ __all__ = [
     "GanLossKeys",
     "attach_progress_bar",
     "default_activation",
+    "default_adversarial_loss",
     "default_optimizer",
     "gan_losses",
     "label_to_one_hot",
@@ -83,6 +83,18 @@ def default_optimizer(
         kwargs: other ``torch.optim.NAdam`` arguments (``weight_decay``, ...).
     """
     return torch.optim.NAdam(parameters, lr=lr, betas=betas, **kwargs)
+
+
+def default_adversarial_loss() -> PatchAdversarialLoss:
+    """Return the least-squares (LSGAN) adversarial loss of Deng et al. (Sect. 3.2) and pix2pix's ``lsgan`` mode.
+
+    ``monai.losses.PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)``: the mean squared
+    error between the discriminator output (any shape ``(B, ...)``, raw scores) and a tensor of 1 ("real") or 0
+    ("fake") of the same shape. ``no_activation_leastsq=True`` matters: MONAI's default puts a LeakyReLU(0.05) on the
+    scores first, which is not the paper's loss. In a bundle config: ``{"_target_": "PatchAdversarialLoss",
+    "criterion": "least_squares", "no_activation_leastsq": true}``.
+    """
+    return PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
 
 
 def label_to_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -163,6 +175,7 @@ class ConditionalGanTrainer(Trainer):
     2. **Discriminator step**: D judges ``cat(image, target)`` as real and
        ``cat(image, probs.detach())`` as fake;
        ``d_loss = 0.5 * (adv(D(real), True) + adv(D(fake), False))`` (pix2pix halves it to slow D).
+       ``adv`` is least squares against targets 1 / 0 (:func:`default_adversarial_loss`).
     3. **Generator step** with D frozen (``requires_grad=False`` on its parameters):
        ``g_loss = supervised_weight * g_loss_function(probs, target) + adversarial_weight *
        adv(D(cat(image, probs)), True)``.
@@ -212,8 +225,9 @@ class ConditionalGanTrainer(Trainer):
         train_handlers: handlers with ``attach(engine)``, attached in order.
         amp: mixed precision on CUDA (see above).
         decollate: decollate the batch and output into per-sample lists after each iteration.
-        adversarial_loss: ``(d_output, target_is_real: bool) -> loss``; ``None`` gives
-            :class:`~hippogan.pipeline.losses.GANLoss` (least squares, targets 1/0).
+        adversarial_loss: ``(d_output, target_is_real: bool, for_discriminator: bool) -> loss``, the interface
+            of ``monai.losses.PatchAdversarialLoss``; ``None`` gives :func:`default_adversarial_loss`
+            (least squares, targets 1/0).
         supervised_weight: weight of the supervised term in ``g_loss`` (pix2pix ``lambda_L1``), >= 0.
         adversarial_weight: weight of the adversarial term in ``g_loss``, >= 0; 0 trains G alone.
         g_activation: logits -> label map given to D and (unless ``supervised_on_logits``) to the
@@ -252,7 +266,7 @@ class ConditionalGanTrainer(Trainer):
         train_handlers: Sequence | None = None,
         amp: bool = False,
         decollate: bool = False,
-        adversarial_loss: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+        adversarial_loss: Callable[..., torch.Tensor] | None = None,
         supervised_weight: float = 100.0,
         adversarial_weight: float = 1.0,
         g_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -300,7 +314,7 @@ class ConditionalGanTrainer(Trainer):
         self.d_network = d_network
         self.d_optimizer = d_optimizer
         self.g_loss_function = torch.nn.L1Loss() if g_loss_function is None else g_loss_function
-        self.adversarial_loss = GANLoss() if adversarial_loss is None else adversarial_loss
+        self.adversarial_loss = default_adversarial_loss() if adversarial_loss is None else adversarial_loss
         self.supervised_weight = float(supervised_weight)
         self.adversarial_weight = float(adversarial_weight)
         self.g_activation = default_activation if g_activation is None else g_activation
@@ -335,8 +349,8 @@ class ConditionalGanTrainer(Trainer):
         self.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)  # type: ignore[union-attr]
         with self._autocast():
             d_loss = 0.5 * (
-                self.adversarial_loss(self._discriminate(image, target), True)
-                + self.adversarial_loss(self._discriminate(image, fake), False)
+                self.adversarial_loss(self._discriminate(image, target), target_is_real=True, for_discriminator=True)
+                + self.adversarial_loss(self._discriminate(image, fake), target_is_real=False, for_discriminator=True)
             )
         self.d_scaler.scale(d_loss).backward()
         self.d_scaler.step(self.d_optimizer)  # type: ignore[arg-type]
@@ -377,7 +391,8 @@ class ConditionalGanTrainer(Trainer):
             sup_loss = engine.g_loss_function(logits if engine.supervised_on_logits else probs, target).mean()
             if adversarial:
                 _set_requires_grad(engine.d_network.parameters(), False)  # type: ignore[union-attr]
-                adv_loss = engine.adversarial_loss(engine._discriminate(image, probs), True)
+                d_output = engine._discriminate(image, probs)
+                adv_loss = engine.adversarial_loss(d_output, target_is_real=True, for_discriminator=False)
             else:
                 adv_loss = torch.zeros_like(sup_loss)
             g_loss = engine.supervised_weight * sup_loss + engine.adversarial_weight * adv_loss

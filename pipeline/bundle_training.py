@@ -6,6 +6,9 @@ The config stays declarative: everything beyond a one-line ``$`` expression live
 - :class:`SagittalSliceDataset` + :class:`SetEpochHandler`: the paper's 2D training samples, 64x64 sagittal
   planes of the cached 3D ROI volumes; every plane holding hippocampus plus a share of the empty ones,
   re-drawn at each epoch.
+- :class:`TimeBudgetHandler`: stop the training after a wall-time budget (the benchmarks' fixed-time runs).
+- :class:`EpochLogHandler`: one INFO line per epoch (iterations, seconds, samples/s, lr, mean losses) and
+  ``epochs.csv`` in the run folder.
 - :class:`GanProgressBar`: the trainer's tqdm bar as a config handler.
 - :func:`prepare_output_dir`, :func:`resume_training`: clear errors before any work.
 - :func:`export_generator`: the explicit step that writes the shippable generator weights (``models/model.pt``).
@@ -13,33 +16,44 @@ The config stays declarative: everything beyond a one-line ``$`` expression live
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
-import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Events
-from monai.data import MetaTensor
+from monai.data import get_track_meta, set_track_meta
+from monai.utils import CommonKeys
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torch.utils.data import Dataset
 
-from hippogan.pipeline.checkpoint import CheckpointHandler, atomic_save, load_checkpoint, resume
-from hippogan.pipeline.manifest import SUBJECT_ID, load_manifest
-from hippogan.pipeline.manifest_validation import validate_manifest
-from hippogan.pipeline.trainer import attach_progress_bar
 from hippogan.transforms.keys import IMAGE, LABEL
+from hippogan.transforms.slicing import as_plain_tensor
+
+from .checkpoint import CheckpointHandler, atomic_save, load_checkpoint, resume
+from .file_io import atomic_path, writable_folder
+from .gan_trainer import GanLossKeys, attach_progress_bar
+from .manifest import SUBJECT_ID, load_manifest
+from .manifest_validation import validate_manifest
+from .weights import save_fp16_weights
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
 __all__ = [
+    "EPOCH_LOG_COLUMNS",
+    "EpochLogHandler",
     "GanProgressBar",
     "SagittalSliceDataset",
     "SetEpochHandler",
+    "TimeBudgetHandler",
     "export_generator",
     "load_training_datalist",
     "prepare_output_dir",
@@ -95,9 +109,6 @@ def load_training_datalist(
     return rows
 
 
-def _plain(value: Any) -> torch.Tensor:
-    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-
 
 class SagittalSliceDataset(Dataset):
     """2D sagittal planes of preprocessed 3D ROI volumes: every plane holding label plus a share of the empty ones.
@@ -141,6 +152,8 @@ class SagittalSliceDataset(Dataset):
             raise ValueError("SagittalSliceDataset: no volumes to slice (empty training set).")
         self.keys = tuple(keys)
         self.transform = transform
+        if callable(getattr(transform, "set_random_state", None)):
+            transform.set_random_state(seed)  # MONAI's random transforms share one unseeded state otherwise
         self.seed = int(seed)
         self.volumes: list[dict[Hashable, torch.Tensor]] = []
         labelled, empty = [], []
@@ -150,7 +163,7 @@ class SagittalSliceDataset(Dataset):
             missing = [key for key in self.keys if key not in sample]
             if missing:
                 raise ValueError(f"SagittalSliceDataset: {name} lacks keys {missing}; it has {list(sample)}.")
-            tensors = {key: _plain(sample[key]) for key in self.keys}
+            tensors = {key: as_plain_tensor(sample[key]) for key in self.keys}
             shapes = {str(key): tuple(t.shape) for key, t in tensors.items()}
             spatial = {shape[1:] for shape in shapes.values()}
             if any(len(shape) != 4 for shape in shapes.values()) or len(spatial) != 1:
@@ -187,8 +200,14 @@ class SagittalSliceDataset(Dataset):
         plane = {key: self.volumes[volume][key][:, x] for key in self.keys}
         if self.transform is None:
             return plane
-        out = self.transform(plane)
-        return {key: _plain(out[key]) for key in self.keys}
+        # plain tensors through the random transforms: 3x faster than with MONAI's meta tracking
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            out = self.transform(plane)
+        finally:
+            set_track_meta(tracking)
+        return {key: as_plain_tensor(out[key]) for key in self.keys}
 
 
 class SetEpochHandler:
@@ -214,8 +233,145 @@ class SetEpochHandler:
         self.target.set_epoch(engine.state.epoch)
 
 
+class TimeBudgetHandler:
+    """ignite handler that stops the training once ``minutes`` of wall time have passed since the run started.
+
+    The check runs after every iteration; the iteration that passes the budget ends the epoch early
+    (``terminate_epoch``), so that epoch's ``EPOCH_COMPLETED`` handlers still run (validation, ``last.pt``,
+    ``best.pt``, the epoch log), then the run stops. Under DDP the ranks agree on the stop with an ``all_reduce``
+    of the flag after each iteration, so they all stop at the same iteration (a rank stopping alone would hang
+    the others). The clock starts at the run's ``STARTED`` event (a resumed run gets the whole budget again);
+    validation and checkpoint time count. A per-iteration learning-rate schedule (``train_cpu.yaml``'s
+    ``OneCycleLR``) is not rescaled: a budget that stops the run early leaves the rate where it is.
+
+    Args:
+        minutes: the budget; ``None`` disables the handler (``attach`` does nothing).
+
+    Raises:
+        ValueError: ``minutes`` is not positive.
+    """
+
+    def __init__(self, minutes: float | None = None) -> None:
+        if minutes is not None and not float(minutes) > 0:
+            raise ValueError(f"TimeBudgetHandler: minutes must be > 0 or None (no budget), got {minutes}.")
+        self.seconds = None if minutes is None else 60.0 * float(minutes)
+        self._start = 0.0
+        self.stopped_at: int | None = None  # the iteration after which the budget stopped the run
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s ``STARTED``, ``ITERATION_COMPLETED``, ``EPOCH_COMPLETED`` (no budget: nothing)."""
+        if self.seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._stop)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+        self.stopped_at = None
+
+    def _check(self, engine: Engine) -> None:
+        over = float(time.perf_counter() - self._start > self.seconds)
+        if idist.get_world_size() > 1:
+            over = idist.all_reduce(over, op="MAX")
+        if over:
+            self.stopped_at = engine.state.iteration
+            logger.info(
+                "time budget of %.4g min reached at epoch %d, iteration %d: closing the epoch and stopping",
+                self.seconds / 60, engine.state.epoch, engine.state.iteration,
+            )  # fmt: skip
+            engine.terminate_epoch()
+
+    def _stop(self, engine: Engine) -> None:
+        if self.stopped_at is not None:
+            engine.terminate()
+
+
+EPOCH_LOG_COLUMNS = ("epoch", "iterations", "seconds", "samples", "samples_per_s", "lr", *(str(k) for k in GanLossKeys))
+"""Columns of ``epochs.csv`` (:class:`EpochLogHandler`): losses are means over the epoch's iterations, ``seconds``
+the training time of the epoch (validation excluded), ``lr`` the generator's learning rate at its end."""
+
+
+class EpochLogHandler:
+    """ignite handler logging one INFO line per epoch and keeping the rows in ``csv_path``.
+
+    The line: epoch, iterations, training seconds (from ``EPOCH_STARTED`` to the epoch's last iteration, so
+    validation is not counted), samples per second (2D planes or 3D volumes, the batch's first dimension), the
+    generator's learning rate and the epoch means of the four :class:`~hippogan.pipeline.gan_trainer.GanLossKeys`
+    losses. The CSV (columns :data:`EPOCH_LOG_COLUMNS`) is rewritten atomically after every epoch; rows of a
+    previous run with a smaller epoch number are kept, so a resumed run continues the file.
+
+    Args:
+        csv_path: the CSV to write (e.g. ``<output_dir>/epochs.csv``); ``None`` only logs.
+        optimizer: whose first parameter group's ``lr`` is logged; ``None``: the engine's ``g_optimizer`` (or
+            ``optimizer``).
+        name: the logger's name.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.csv_path = None if csv_path is None else Path(csv_path)
+        self.optimizer = optimizer
+        self.logger = logging.getLogger(name or __name__)
+        self.rows: list[dict[str, float]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._epoch_start = self._last_iteration = time.perf_counter()
+        self._iterations = self._samples = 0
+        self._sums = dict.fromkeys((str(k) for k in GanLossKeys), 0.0)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine``'s ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+
+    def _iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        first = output[0] if isinstance(output, (list, tuple)) else output  # decollated: one dict a sample
+        self._samples += len(output) if isinstance(output, (list, tuple)) else int(output[CommonKeys.IMAGE].shape[0])
+        for key in self._sums:
+            self._sums[key] += float(first.get(key, math.nan))
+        self._iterations += 1
+        self._last_iteration = time.perf_counter()
+
+    def _epoch(self, engine: Engine) -> None:
+        optimizer = self.optimizer or getattr(engine, "g_optimizer", None) or getattr(engine, "optimizer", None)
+        seconds = self._last_iteration - self._epoch_start
+        n = max(self._iterations, 1)
+        row = {
+            "epoch": engine.state.epoch,
+            "iterations": self._iterations,
+            "seconds": seconds,
+            "samples": self._samples,
+            "samples_per_s": self._samples / seconds if seconds > 0 else math.nan,
+            "lr": optimizer.param_groups[0]["lr"] if optimizer is not None else math.nan,
+            **{key: total / n for key, total in self._sums.items()},
+        }
+        self.logger.info(
+            "epoch %d: %d iterations, %.1f s, %.1f samples/s, lr %.3g, g_loss %.4f (sup %.4f, adv %.4f), d_loss %.4f",
+            row["epoch"], row["iterations"], row["seconds"], row["samples_per_s"], row["lr"], row["g_loss"],
+            row["g_sup_loss"], row["g_adv_loss"], row["d_loss"],
+        )  # fmt: skip
+        if self.csv_path is not None and not self.rows and self.csv_path.is_file():  # resumed: keep earlier epochs
+            with self.csv_path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        if self.csv_path is not None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=EPOCH_LOG_COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+
 class GanProgressBar:
-    """Config handler wrapping :func:`~hippogan.pipeline.trainer.attach_progress_bar` (tqdm bar of the four losses).
+    """Config handler wrapping :func:`~hippogan.pipeline.gan_trainer.attach_progress_bar` (tqdm bar of the four losses).
 
     Args:
         persist: keep each finished epoch's bar on screen.
@@ -235,31 +391,30 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     """Create the run's output folder and check it is writable, before any work.
 
     Raises:
-        ValueError: the folder cannot be created or written (the message names it).
+        ValueError: the folder cannot be created or written (the message names it and the config key).
     """
-    path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"output_dir {path}: cannot create or write it ({error.strerror or error}); "
-            "pass a writable folder (config key 'output_dir')."
-        ) from error
-    return path
+        return writable_folder(path, "output_dir")
+    except ValueError as error:
+        raise ValueError(f"{error}; pass a writable folder (config key 'output_dir').") from error
 
 
 def resume_training(
-    trainer: Engine, checkpoint: str | os.PathLike | bool | None, checkpoint_handler: CheckpointHandler | None = None
+    trainer: Engine,
+    checkpoint: str | os.PathLike | bool | None,
+    ckpt_dir: str | os.PathLike | None = None,
+    handlers: Sequence[Any] = (),
 ) -> dict | None:
     """Continue a run where it stopped: :func:`hippogan.pipeline.checkpoint.resume` behind the config key ``resume``.
 
     Args:
         trainer: the freshly built trainer.
-        checkpoint: ``False``/``None``/``""`` (start afresh), ``True`` (the handler's ``last.pt``) or a
-            checkpoint path.
-        checkpoint_handler: the run's :class:`CheckpointHandler`; its best-metric tracker is restored too.
+        checkpoint: ``False``/``None``/``""`` (start afresh), ``True`` (``last.pt`` of the run: its
+            :class:`CheckpointHandler`'s, else ``<ckpt_dir>/last.pt``) or a checkpoint path.
+        ckpt_dir: the run's checkpoint folder (config ``ckpt_dir``); used by ``True`` where no checkpoint handler
+            runs (DDP ranks other than 0).
+        handlers: the run's handlers (config ``train#rank0_handlers``); the :class:`CheckpointHandler` among them
+            gets its best-metric tracker back, so ``best.pt`` is only replaced by a better model.
 
     Returns:
         the config stored in the checkpoint, or ``None`` when not resuming.
@@ -271,10 +426,11 @@ def resume_training(
         checkpoint = checkpoint.strip().lower() == "true"
     if checkpoint is None or checkpoint is False:
         return None
+    checkpoint_handler = next((h for h in handlers or () if isinstance(h, CheckpointHandler)), None)
     if checkpoint is True:
-        if checkpoint_handler is None:
-            raise ValueError("resume=true needs the run's CheckpointHandler to find last.pt; pass a checkpoint path.")
-        checkpoint = checkpoint_handler.last_path
+        if checkpoint_handler is None and ckpt_dir is None:
+            raise ValueError("resume=true needs the run's ckpt_dir to find last.pt; pass a checkpoint path.")
+        checkpoint = checkpoint_handler.last_path if checkpoint_handler is not None else Path(ckpt_dir) / "last.pt"
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"resume: checkpoint {path} not found (config key 'resume').")
@@ -312,9 +468,7 @@ def export_generator(
         raise ValueError(f"checkpoint {checkpoint} has no '{key}'; it holds {sorted(state)}.")
     weights = OrderedDict(state[key])
     consume_prefix_in_state_dict_if_present(weights, "module.")
-    if fp16:
-        weights = OrderedDict((name, t.half() if t.is_floating_point() else t) for name, t in weights.items())
-    path = atomic_save(weights, out_path)
+    path = save_fp16_weights(weights, out_path) if fp16 else atomic_save(weights, out_path)
     epoch = state.get("engine", {}).get("epoch")
     logger.info("exported %s of %s (epoch %s) to %s%s", key, checkpoint, epoch, path, " (float16)" if fp16 else "")
     return path

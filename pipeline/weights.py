@@ -1,0 +1,93 @@
+"""Generator weights: load them for inference with clear errors, save them as the shipped fp16 state dict."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from .checkpoint import atomic_save
+
+__all__ = ["fp16_state_dict", "load_generator", "save_fp16_weights"]
+
+
+def load_generator(
+    weights: str | os.PathLike,
+    network: torch.nn.Module | Mapping[str, Any],
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """Build the generator and load its weights for inference (eval mode, float32, on ``device``).
+
+    Args:
+        weights: a ``torch.save`` of the generator's state dict (fp16 or fp32, read with
+            ``weights_only=True``), or a trainer checkpoint holding it under ``"g_network"``.
+        network: the module, or its config (``{"_target_": "hippogan.networks.ResSEGenerator", ...}``,
+            the bundle's ``network_def``).
+        device: target device (default CPU).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+        ValueError: the file is not a readable state dict, its keys or shapes do not fit the network (the
+            message names the file and the first differing keys), or it holds NaN or infinite values.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if isinstance(network, Mapping):
+        network = ConfigParser({"network": dict(network)}).get_parsed_content("network")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a file that is not a weights_only pickle
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot read weights {path}: not a PyTorch state dict readable with weights_only=True ({first_line})"
+        ) from error
+    if isinstance(state, Mapping) and "g_network" in state:
+        state = state["g_network"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights {path}: expected a state dict of tensors (or a checkpoint with 'g_network').")
+    _check_state_dict(path, network, state)
+    broken = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise ValueError(
+            f"weights {path}: {len(broken)} tensor(s) hold NaN or infinite values (e.g. {', '.join(broken[:3])}); "
+            "the file is corrupt or comes from a diverged training."
+        )
+    network.load_state_dict(state)  # copies into the module's float32 parameters
+    return network.float().to(torch.device("cpu") if device is None else device).eval()
+
+
+def _check_state_dict(path: Path, network: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming ``path`` when ``state`` does not fit ``network`` key for key, shape for shape."""
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        problems = [
+            f"{len(items)} {what} (e.g. {', '.join(items[:3])})"
+            for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
+            if items
+        ]
+        raise ValueError(
+            f"weights {path} do not fit the network {type(network).__name__}: {'; '.join(problems)}. "
+            "Were they trained with another network_def (architecture or widths)?"
+        )
+
+
+def fp16_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its floating-point tensors cast to float16 (half the size; ``load_state_dict`` casts back)."""
+    return {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
+
+
+def save_fp16_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write ``state`` as the bundle's ``models/model.pt`` is stored: an fp16 state dict, written atomically."""
+    return atomic_save(fp16_state_dict(state), path)
