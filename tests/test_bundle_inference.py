@@ -93,6 +93,7 @@ def test_evaluate_yaml_writes_tables(bundle, msd_dir, tmp_path):
     assert json.loads((tmp_path / "eval" / SUMMARY_JSON).read_text())["n_cases"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")  # ckpt_export writes TorchScript
 def test_verify_net_in_out_and_ckpt_export(bundle, tmp_path):
     meta = ("--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml")
     verified = _bundle_command(bundle, "verify_net_in_out", "network_def", *meta)
