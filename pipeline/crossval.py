@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import evaluate_files, summarise, write_evaluation
+from .file_io import atomic_path
 from .manifest import FOLD, SUBJECT_ID, select_folds
 from .segmenter import segmenter_from_bundle
 from .train_cli import add_train_arguments, parse_overrides, run_training
@@ -133,9 +134,11 @@ def run_crossval(
         logger.info("fold %d: %d cases scored with %s", fold, len(scored), checkpoint)
     table = pd.DataFrame(per_case)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output_dir / CV_PER_CASE_CSV, index=False)
+    with atomic_path(output_dir / CV_PER_CASE_CSV) as tmp:
+        table.to_csv(tmp, index=False)
     summary = fold_table(table)
-    summary.to_csv(output_dir / CV_SUMMARY_CSV)
+    with atomic_path(output_dir / CV_SUMMARY_CSV) as tmp:
+        summary.to_csv(tmp)
     return summary
 
 

@@ -29,7 +29,7 @@ from monai.utils import CommonKeys
 
 from hippogan.transforms.labels import LABEL_MAP_PRESETS, parse_label_map
 
-from .file_io import NIFTI_SUFFIXES
+from .file_io import NIFTI_SUFFIXES, atomic_path
 from .manifest_validation import SUBJECT_ID, ManifestError, validate_manifest
 
 __all__ = [
@@ -144,10 +144,10 @@ def build_manifest(dataset_dir: str | os.PathLike, folds: int = 10, seed: int = 
 
 
 def write_manifest(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """Write rows as a manifest CSV (header :data:`MANIFEST_COLUMNS`, ``\\n`` line ends)."""
+    """Write rows as a manifest CSV (header :data:`MANIFEST_COLUMNS`, ``\\n`` line ends), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows({**row, CommonKeys.LABEL: row.get(CommonKeys.LABEL) or ""} for row in rows)
