@@ -60,6 +60,7 @@ from hippogan.transforms.registration import (
     load_template,
     register_to_template,
     resample_affine,
+    simulate_acquisition,
 )
 
 __all__ = ["main"]
@@ -67,7 +68,6 @@ __all__ = ["main"]
 logger = logging.getLogger("bench_registration")
 
 CENTERS = (DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER)
-_AXES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 NATIVE = ("chris_t1", "otsu_t1")
 MOVED = {  # name: (rotation deg xyz, shift mm, scale xyz, axcodes, spacing mm, field of view z mm, gain, offset)
     "template": ((0, 0, 0), (0, 0, 0), (1, 1, 1), "RAS", (1, 1, 1), None, 1.0, 0.0),
@@ -89,27 +89,8 @@ def _moved_template(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(array, affine, known)``: the template moved by the case's known transform (MNI -> subject world)."""
     rotation, shift, scale, axcodes, spacing, fov_z, gain, offset = MOVED[name]
     known = _known(rotation, shift, scale)
-    tpl = load_template()
-    linear = np.zeros((3, 3))
-    for axis, code in enumerate(axcodes):
-        world, sign = _AXES[code]
-        linear[world, axis] = sign * spacing[axis]
-    brain = np.argwhere(tpl.array > 0)
-    lo, hi = brain.min(axis=0), brain.max(axis=0)
-    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]).T
-    world = (known @ tpl.affine @ corners)[:3]
-    low, high = world.min(axis=1) - 10.0, world.max(axis=1) + 10.0
-    if fov_z is not None:
-        low[2] = high[2] - fov_z
-    shape = np.ceil(np.abs(np.linalg.solve(linear, high - low))).astype(int) + 1
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    for axis, code in enumerate(axcodes):
-        world_axis, sign = _AXES[code]
-        affine[world_axis, 3] = low[world_axis] if sign > 0 else high[world_axis]
-    out_to_in = np.linalg.inv(tpl.affine) @ np.linalg.inv(known) @ affine
-    moved = resample_affine(torch.as_tensor(tpl.array)[None], out_to_in, shape)[0].numpy()
-    return moved * gain + offset, affine, known
+    array, affine = simulate_acquisition(known, axcodes, spacing, fov_z, gain, offset)
+    return array, affine, known
 
 
 def _load(name: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

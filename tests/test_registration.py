@@ -39,13 +39,13 @@ from hippogan.transforms.registration import (
     RegisterToTemplated,
     load_template,
     resample_affine,
+    simulate_acquisition,
 )
 
 pytest.importorskip("SimpleITK")
 
 WHOLE_BRAIN_DIR = SHARED_DATA / "whole_brain_t1"
 CENTERS = (DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER)
-_AXES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,33 +97,6 @@ def _known(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), scale=(1.0, 1
     known[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scale)
     known[:3, 3] = shift_mm
     return known
-
-
-def _moved_template(known, axcodes="RAS", spacing=(1.0, 1.0, 1.0), fov_z=None, gain=1.0, offset=0.0):
-    """The template as a scanner would see it after ``known`` (MNI -> subject world): a grid with ``axcodes`` and
-    ``spacing`` around the moved brain (10 mm margin), optionally cut to the top ``fov_z`` mm, intensities
-    ``gain * t + offset``. Returns ``(array (X, Y, Z), affine)``."""
-    tpl = load_template()
-    linear = np.zeros((3, 3))
-    for axis, code in enumerate(axcodes):
-        world, sign = _AXES[code]
-        linear[world, axis] = sign * spacing[axis]
-    brain = np.argwhere(tpl.array > 0)
-    lo, hi = brain.min(axis=0), brain.max(axis=0)
-    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]).T
-    world = (known @ tpl.affine @ corners)[:3]
-    low, high = world.min(axis=1) - 10.0, world.max(axis=1) + 10.0
-    if fov_z is not None:
-        low[2] = high[2] - fov_z
-    shape = np.ceil(np.abs(np.linalg.solve(linear, high - low))).astype(int) + 1
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    for axis, code in enumerate(axcodes):
-        world_axis, sign = _AXES[code]
-        affine[world_axis, 3] = low[world_axis] if sign > 0 else high[world_axis]
-    out_to_in = np.linalg.inv(tpl.affine) @ np.linalg.inv(known) @ affine
-    moved = resample_affine(torch.as_tensor(tpl.array)[None], out_to_in, shape, mode="bilinear")[0].numpy()
-    return moved * gain + offset, affine
 
 
 def _template_boxes_on(known, affine, shape) -> np.ndarray:
@@ -297,7 +270,7 @@ MOVED_SLOW = {
 
 def _check_moved(case: dict, tmp_path: Path) -> None:
     known = case.pop("known")
-    array, affine = _moved_template(known, **case)
+    array, affine = simulate_acquisition(known, **case)
     path = _save(tmp_path, "moved", array, affine)
     samples, boxes = _boxes_on_input(_chain("auto"), path)
     estimated_subject_from_mni = np.linalg.inv(_mni_from_subject(samples[0]))

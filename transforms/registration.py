@@ -91,6 +91,7 @@ __all__ = [
     "load_template",
     "register_to_template",
     "resample_affine",
+    "simulate_acquisition",
     "RegisterToTemplate",
     "RegisterToTemplated",
     "RegisterToTemplateD",
@@ -579,6 +580,49 @@ def resample_affine(
         out = sitk.Resample(image, size, transform, interpolator, *grid, 0.0, sitk.sitkFloat32)
         channels.append(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
     return torch.from_numpy(np.ascontiguousarray(np.stack(channels)))
+
+
+_AXES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+def simulate_acquisition(
+    known: np.ndarray,
+    axcodes: str = "RAS",
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    fov_z: float | None = None,
+    gain: float = 1.0,
+    offset: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The MNI152 template as a scanner would see it after the known move ``known`` (4x4, MNI -> subject world, mm).
+
+    The grid has ``axcodes`` and ``spacing`` (mm) and spans the moved brain with a 10 mm margin, optionally cut to
+    its top ``fov_z`` mm; intensities are ``gain * template + offset``. For validating the registration (tests,
+    ``benchmarks/bench_registration.py``): the true answer is ``known``.
+
+    Returns:
+        ``(array (X, Y, Z), affine (4, 4))``.
+    """
+    tpl = load_template()
+    linear = np.zeros((3, 3))
+    for axis, code in enumerate(axcodes):
+        world, sign = _AXES[code]
+        linear[world, axis] = sign * spacing[axis]
+    brain = np.argwhere(tpl.array > 0)
+    lo, hi = brain.min(axis=0), brain.max(axis=0)
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]).T
+    world = (known @ tpl.affine @ corners)[:3]
+    low, high = world.min(axis=1) - 10.0, world.max(axis=1) + 10.0
+    if fov_z is not None:
+        low[2] = high[2] - fov_z
+    shape = np.ceil(np.abs(np.linalg.solve(linear, high - low))).astype(int) + 1
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    for axis, code in enumerate(axcodes):
+        world_axis, sign = _AXES[code]
+        affine[world_axis, 3] = low[world_axis] if sign > 0 else high[world_axis]
+    out_to_in = np.linalg.inv(tpl.affine) @ np.linalg.inv(known) @ affine
+    moved = resample_affine(torch.as_tensor(tpl.array)[None], out_to_in, shape, mode="bilinear")[0].numpy()
+    return moved * gain + offset, affine
 
 
 def _filename(img: torch.Tensor) -> str:
