@@ -1,7 +1,7 @@
 """``hippogan segment`` end to end on real scans: MSD crops (folder and manifest), DICOM series, a corrupt file
 among them, and nilearn's MNI152 whole brain (``--demo``).
 
-The network is a narrow bundle copy with random weights (:func:`helpers_bundle.narrow_bundle`): plumbing, not
+The network is a narrow bundle copy with random weights (:func:`helpers.narrow_bundle`): plumbing, not
 accuracy. The report is rendered in headless Chromium when ``/usr/bin/chromium`` exists (else that test skips;
 ``tools/screenshot_report.sh`` is the documented manual check).
 """
