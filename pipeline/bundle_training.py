@@ -109,7 +109,6 @@ def load_training_datalist(
     return rows
 
 
-
 class SagittalSliceDataset(Dataset):
     """2D sagittal planes of preprocessed 3D ROI volumes: every plane holding label plus a share of the empty ones.
 

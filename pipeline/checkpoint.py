@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from ignite.engine import Events
 from monai.engines.utils import default_metric_cmp_fn
+
+from .file_io import atomic_path
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -73,24 +74,17 @@ def plain_config(config: Mapping | None) -> dict:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically: temporary file in the same folder, then ``os.replace``.
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`~hippogan.pipeline.file_io.atomic_path`), synced to disk.
 
     The folder is created if needed. On any error the temporary file is removed and ``path``
     keeps its previous content. Returns ``path`` as a ``Path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, temporary.open("wb") as stream:
+        torch.save(obj, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
     return path
 
 
@@ -310,9 +304,9 @@ class CheckpointHandler:
     def attach(self, engine: Engine) -> None:
         """Register on ``engine`` (the trainer) and, for ``best.pt``, on the metric engine.
 
-        Temporary files a killed run left in ``save_dir`` (``.last.pt.*.tmp``) are removed here.
+        Temporary files a killed run left in ``save_dir`` (``.last.pt.*.tmp*``) are removed here.
         """
-        for stale in self.save_dir.glob(".*.pt.*.tmp") if self.save_dir.is_dir() else ():
+        for stale in self.save_dir.glob(".*.pt.*.tmp*") if self.save_dir.is_dir() else ():
             stale.unlink(missing_ok=True)
             logger.info("removed %s, left by an interrupted checkpoint write", stale)
         self._trainer = engine

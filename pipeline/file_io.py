@@ -24,6 +24,8 @@ __all__ = [
     "writable_folder",
 ]
 
+_UMASK = os.umask(0o022)  # the only way to read the process's umask is to set it: put it back at once
+os.umask(_UMASK)
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -91,7 +93,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on failure removed.
 
     A reader never sees a half-written ``path``, and an earlier ``path`` survives a failed write. The
-    temporary name keeps ``path``'s suffixes (``.nii.gz``, ``.png``), so writers that look at them still work.
+    temporary name (``.<name>.<random>.tmp<suffixes>``) keeps ``path``'s suffixes (``.nii.gz``, ``.png``), so
+    writers that look at them still work.
     """
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -99,6 +102,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -200,12 +200,10 @@ def read_volumes_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_volumes_csv(
-    rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, merge: bool = True
-) -> list[dict[str, Any]]:
+def write_volumes_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> list[dict[str, Any]]:
     """Write volume rows to ``path`` (:data:`VOLUME_COLUMNS` in order), merged with the rows already there.
 
-    With ``merge`` the earlier table's rows are kept, except those of the subjects in ``rows`` (the newest
+    The earlier table's rows are kept, except those of the subjects in ``rows`` (the newest
     result of a subject wins), so a second run into the same folder, or several runs at once (shards), never
     drop each other's rows: the read-merge-write holds a lock (``.volumes.csv.lock`` next to the table) and
     the table is written to a temporary file and renamed. Text cells a spreadsheet would run as a formula
@@ -218,7 +216,7 @@ def write_volumes_csv(
     new = [dict(row) for row in rows]
     with file_lock(path.with_name(f".{path.name}.lock")):
         subjects = {row["subject"] for row in new}
-        kept = [row for row in read_volumes_csv(path) if row["subject"] not in subjects] if merge else []
+        kept = [row for row in read_volumes_csv(path) if row["subject"] not in subjects]
         table = kept + new
         with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, fieldnames=list(VOLUME_COLUMNS), extrasaction="ignore", lineterminator="\n")

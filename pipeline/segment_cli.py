@@ -116,8 +116,8 @@ def _qc_writer(qc_dir: Path, pictures: dict[str, Path]) -> Callable[[Segmentatio
     """An ``on_result`` hook: draw each scan's QC picture into ``qc_dir`` and record it in ``pictures``."""
 
     def write_qc(result: Segmentation, label_map: Path) -> None:
-        image = np.asarray(scan_loader(IMAGE)({IMAGE: str(result.source)})[IMAGE])  # the label map's grid
-        image = image.reshape(image.shape[:3]) if image.ndim > 3 and image.size == np.prod(image.shape[:3]) else image
+        # the label map's grid; an (X, Y, Z, 1) scan loads with its singleton axis
+        image = np.asarray(scan_loader(IMAGE)({IMAGE: str(result.source)})[IMAGE]).reshape(result.label_map.shape)
         volumes = {s.side: {k: getattr(s, k) for k in ("total_mm3", "anterior_mm3", "posterior_mm3")}
                    for s in result.sides}
         qc_dir.mkdir(parents=True, exist_ok=True)

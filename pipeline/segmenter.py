@@ -69,6 +69,8 @@ __all__ = ["EmptyPlaneSkipper", "Segmenter", "segmenter_from_bundle"]
 logger = logging.getLogger(__name__)
 
 _ERROR = "error"
+_FLUSH_SECONDS = 2.0
+"""Longest time a finished scan's rows wait before they are merged into ``volumes.csv``."""
 
 
 class EmptyPlaneSkipper:
@@ -103,28 +105,27 @@ class EmptyPlaneSkipper:
         return out
 
 
+def _preprocessing_error(path: object, error: BaseException) -> str:
+    cause = root_cause(error)
+    return f"cannot load or pre-process {path}: {type(cause).__name__}: {cause}"
+
+
 class _FailSafe(torch.utils.data.Dataset):
-    """Items of a dataset; an item whose transform fails becomes ``{subject_id, image, "error": reason}``.
+    """Items ``indices`` of a MONAI ``Dataset``; one whose transform fails becomes ``{..., "error": reason}``."""
 
-    Args:
-        dataset: the items (e.g. a ``Subset`` of a MONAI ``Dataset``).
-        data: the datalist behind it; ``indices[i]`` is the row of item ``i``.
-        indices: rows of ``data`` in item order.
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, data: Sequence[Mapping], indices: Sequence[int]) -> None:
-        self.dataset, self.data, self.indices = dataset, data, indices
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> Any:
+        row = self.indices[index]
         try:
-            return self.dataset[index]
+            return self.dataset[row]
         except Exception as error:  # reported as this scan's failure by Segmenter.run
-            item = self.data[self.indices[index]]
-            cause = root_cause(error)
-            return {**item, _ERROR: f"cannot load or pre-process {item[IMAGE]}: {type(cause).__name__}: {cause}"}
+            item = self.dataset.data[row]
+            return {**item, _ERROR: _preprocessing_error(item[IMAGE], error)}
 
 
 def _as_is(item: Any) -> Any:
@@ -190,8 +191,7 @@ class Segmenter:
         try:
             samples = self.preprocessing({SUBJECT_ID: subject, IMAGE: str(path)})
         except Exception as error:
-            cause = root_cause(error)
-            raise ValueError(f"cannot load or pre-process {path}: {type(cause).__name__}: {cause}") from error
+            raise ValueError(_preprocessing_error(path, error)) from error
         return self.segment_samples(samples, subject, path)
 
     def segment_samples(
@@ -250,8 +250,9 @@ class Segmenter:
         ``failed`` row with its reason and the run goes on; every failure is listed at the end and in the
         summary (:meth:`~hippogan.pipeline.results.RunSummary.raise_on_failure` turns them into an error).
         Each file is written to a temporary name and renamed; ``volumes.csv`` is merged with the rows already
-        there after every scan (:func:`~hippogan.pipeline.results.write_volumes_csv`), so a killed run keeps
-        what it finished and concurrent runs into one folder keep each other's rows.
+        there (:func:`~hippogan.pipeline.results.write_volumes_csv`) at most :data:`_FLUSH_SECONDS` after each
+        scan and at the end, so a killed run keeps what it finished (``resume`` redoes a scan whose row was
+        still pending) and concurrent runs into one folder keep each other's rows.
 
         Args:
             inputs: a MONAI ``Dataset`` whose transform is ``preprocessing`` (the bundle's ``dataset``), or a
@@ -281,15 +282,14 @@ class Segmenter:
                                    _subject(dataset, i) in done)
             ]  # fmt: skip
             logger.info("resume: %d of %d scan(s) already done in %s", len(dataset) - len(todo), len(dataset), out_dir)
-        loader = DataLoader(
-            _FailSafe(torch.utils.data.Subset(dataset, todo), dataset.data, todo),
-            batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-        )  # fmt: skip
+        loader = DataLoader(_FailSafe(dataset, todo), batch_size=None, collate_fn=_as_is, num_workers=num_workers)
         label_maps: dict[str, Path] = {}
         failures: dict[str, str] = {}
         rows: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []  # rows not yet merged into volumes.csv
+        table = None
         seconds: dict[str, float] = {}
-        start = time.perf_counter()
+        start = flushed = time.perf_counter()
         for index, samples in zip(todo, tqdm(loader, desc="segmenting", unit="scan", disable=not progress)):
             subject, path = _subject(dataset, index), Path(dataset.data[index][IMAGE])
             try:
@@ -306,12 +306,14 @@ class Segmenter:
                 failures[subject] = reason
                 scan_rows = [{"subject": subject, "side": "", "status": "failed", "reason": reason}]
                 logger.error("%s failed: %s", subject, reason)
-            table = write_volumes_csv(scan_rows, out_dir / VOLUMES_CSV)
             rows += scan_rows
+            pending += scan_rows
             seconds[subject] = time.perf_counter() - start
             start = time.perf_counter()
-        if not todo:
-            table = read_volumes_csv(out_dir / VOLUMES_CSV)
+            if start - flushed >= _FLUSH_SECONDS:  # a read-merge-write per scan would grow with the table
+                table, pending, flushed = write_volumes_csv(pending, out_dir / VOLUMES_CSV), [], start
+        if pending or table is None:
+            table = write_volumes_csv(pending, out_dir / VOLUMES_CSV)
         logger.info("segmented %d of %d scan(s) into %s", len(label_maps), len(todo), out_dir)
         if failures:
             logger.error("%d scan(s) failed: %s", len(failures), "; ".join(f"{s}: {r}" for s, r in failures.items()))

@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 
 from .checkpoint import atomic_save
 
-__all__ = ["fp16_state_dict", "load_generator", "save_fp16_weights"]
+__all__ = ["load_generator", "save_fp16_weights"]
 
 
 def load_generator(
@@ -83,11 +83,7 @@ def _check_state_dict(path: Path, network: torch.nn.Module, state: Mapping[str, 
         )
 
 
-def fp16_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with its floating-point tensors cast to float16 (half the size; ``load_state_dict`` casts back)."""
-    return {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
-
-
 def save_fp16_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Write ``state`` as the bundle's ``models/model.pt`` is stored: an fp16 state dict, written atomically."""
-    return atomic_save(fp16_state_dict(state), path)
+    """Write ``state`` as the bundle's ``models/model.pt`` is stored, atomically: floating-point tensors cast to
+    float16 (half the size; ``load_state_dict`` casts them back into a float32 network)."""
+    return atomic_save({name: t.half() if t.is_floating_point() else t for name, t in state.items()}, path)

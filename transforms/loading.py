@@ -29,6 +29,7 @@ __all__ = [
     "nifti_stem",
     "scan_loader",
     "scan_stem",
+    "source_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ _NVIMGCODEC_NOTICE = "nvImageCodec is not available; skipping pydicom decoder pl
 def nifti_stem(name: str) -> str | None:
     """``"sub-01.nii.gz"`` -> ``"sub-01"``; ``None`` when ``name`` is not a NIfTI file name (case-insensitive)."""
     return next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.lower().endswith(s)), None)
+
+
+def source_name(img: object, default: str = "the image") -> str:
+    """The file a loaded image came from (its MetaTensor's ``filename_or_obj``), for error messages."""
+    meta = getattr(img, "meta", None)
+    return str(meta.get("filename_or_obj", default)) if isinstance(meta, dict) else default
 
 
 def scan_stem(name: str) -> str | None:
@@ -112,10 +119,17 @@ class SitkDicomSeriesReader(ImageReader):
                 )
             files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, self.series_uid or uids[0]))
             _check_series_files(folder, files, several_series=len(uids) > 1)
-            _check_slice_spacing(folder, files)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
-            images.append(reader.Execute())
+            reader.MetaDataDictionaryArrayUpdateOn()  # keeps each slice's position for the spacing check
+            warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling" line: raised below
+            try:
+                image = reader.Execute()
+            finally:
+                sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+            _check_slice_spacing(folder, reader, image)
+            images.append(image)
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
@@ -177,20 +191,19 @@ def _check_series_files(folder: str, files: Sequence[str], several_series: bool)
         )
 
 
-def _check_slice_spacing(folder: str, files: Sequence[str], tolerance: float = 0.05) -> None:
-    """Raise ``ValueError`` when the slice positions along the slice normal are not evenly spaced (missing slices)."""
-    import SimpleITK as sitk
+def _check_slice_spacing(folder: str, reader: Any, image: Any, tolerance: float = 0.05) -> None:
+    """Raise ``ValueError`` when the slice positions along the slice normal are not evenly spaced (missing slices).
 
-    if len(files) < 3:
+    The positions are the slices' ImagePositionPatient (0020|0032) kept by ``reader``
+    (``MetaDataDictionaryArrayUpdateOn`` before ``Execute``), so no file is read twice.
+    """
+    n = image.GetSize()[2]
+    if n < 3:
         return
-    positions, normal = [], None
-    for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
-        reader.ReadImageInformation()
-        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-        normal = direction[:, 2] if normal is None else normal
-        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = [
+        float(np.dot([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")], normal)) for i in range(n)
+    ]
     steps = np.abs(np.diff(positions))
     typical = float(np.median(steps))
     odd = np.flatnonzero(np.abs(steps - typical) > tolerance * max(typical, 1e-3))

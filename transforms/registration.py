@@ -72,6 +72,7 @@ from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 from scipy import ndimage
 
 from .keys import IMAGE
+from .loading import source_name
 from .roi import (
     DEFAULT_BOX_SIZE,
     DEFAULT_LEFT_CENTER,
@@ -625,10 +626,6 @@ def simulate_acquisition(
     return moved * gain + offset, affine
 
 
-def _filename(img: torch.Tensor) -> str:
-    return str(img.meta.get("filename_or_obj", "the input")) if isinstance(img, MetaTensor) else "the input"
-
-
 class RegisterToTemplate(InvertibleTransform):
     """Register a whole-brain T1 ``(C, X, Y, Z)`` to the MNI152 template and resample it onto the template grid.
 
@@ -715,7 +712,7 @@ class RegisterToTemplate(InvertibleTransform):
         mode = self.resolve_mode(img)
         if mode == "precropped":
             return None
-        name = _filename(img)
+        name = source_name(img, "the input")
         if not isinstance(img, MetaTensor):
             raise ValueError(f"RegisterToTemplate: mode {mode!r} needs a MetaTensor (its affine places the scan).")
         array = np.asarray(img[0].detach().cpu().numpy(), dtype=np.float32)

@@ -29,6 +29,7 @@ from monai.utils import TraceKeys, convert_to_tensor
 from nibabel.orientations import aff2axcodes
 
 from .keys import LEFT, PRED, RIGHT, SIDE, UNKNOWN_SIDE
+from .loading import source_name
 
 __all__ = [
     "AUTO",
@@ -154,7 +155,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         if not isinstance(img, MetaTensor):
             raise ValueError("HippocampalROICrop: whole_brain mode needs a MetaTensor (its affine places the boxes).")
         affine = img.affine.numpy()
-        name = img.meta.get("filename_or_obj", "the input")
+        name = source_name(img, "the input")
         if "".join(aff2axcodes(affine)) != "RAS":
             raise ValueError(
                 f"HippocampalROICrop: whole_brain mode expects a RAS image (apply Orientationd(axcodes='RAS') first); "

@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .loading import NIFTI_SUFFIXES
+from .loading import NIFTI_SUFFIXES, source_name
 
 __all__ = ["SCAN_WARNINGS", "CheckScand", "CheckScanD", "CheckScanDict", "check_scan"]
 
@@ -24,16 +24,13 @@ MAX_ABS_INTENSITY = 1e20
 _AFFINE_ATOL_MM = 1e-3
 
 
-def _name(img: torch.Tensor) -> str:
-    return str(img.meta.get("filename_or_obj", "the image")) if isinstance(img, MetaTensor) else "the image"
-
-
 def _singular(affine: np.ndarray) -> bool:
     return not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6
 
 
 def _nifti_header_warnings(path: str) -> list[str]:
-    """Check a NIfTI file's own header (MONAI's reader puts an identity in place of a singular affine).
+    """Check a NIfTI file's own header, a second (header-only) read: MONAI's reader puts an identity in place of a
+    singular affine and keeps only the sform, so the loaded image cannot tell either.
 
     Raises ``ValueError`` for a singular affine; warns when the qform and sform are both set and disagree
     (nibabel and MONAI use the sform).
@@ -64,7 +61,7 @@ def check_scan(img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     Returns:
         The shifted image (same type and metadata) and the warnings (qform/sform disagreement).
     """
-    name = _name(img)
+    name = source_name(img)
     data = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
     if data.ndim != 4:
         raise ValueError(f"{name}: expected one 3D volume, got an image of {data.ndim - 1} spatial dimensions "
@@ -83,7 +80,7 @@ def check_scan(img: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     if isinstance(img, MetaTensor):
         if _singular(img.affine.double().numpy()):
             raise ValueError(f"{name}: the voxel-to-world affine is singular or not finite; the header is broken.")
-        warnings += _nifti_header_warnings(str(img.meta.get("filename_or_obj", "")))
+        warnings += _nifti_header_warnings(source_name(img, ""))
     return img - low, warnings
 
 
