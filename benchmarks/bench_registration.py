@@ -1,7 +1,7 @@
 """Registration to the MNI152 template (issue 12): time, peak memory, quality, eTIV, known-transform recovery, and
 whether the network should see the hippocampi in template space or in the subject's own space.
 
-Run from the repository root (about 5 minutes on 2 CPU cores)::
+Run from the repository root (about 10 minutes on 2 CPU cores)::
 
     python benchmarks/bench_registration.py [--data ../shared/data] [--runs 3] [--threads 2] \\
         [--out benchmarks/results/registration.md]
@@ -13,19 +13,24 @@ the template moved by a known transform: the error of the two hippocampal box ce
 and the Dice of the two boxes inverted onto the input grid against the boxes moved by the known transform.
 
 Part 2, the shipped network (bundle weights) on the template moved by known transforms (scales 0.85-1.15) and on
-the two native T1s: label maps on the input grid from (a) the scan resampled into template space (this transform,
-then the fixed MNI boxes) and (b) the scan at 1 mm in its own space, the same boxes centred where the registration
-puts the hippocampi (anatomy at its own size, as in the MSD training crops). Truth for the moved templates: the
-network's segmentation of the template itself, moved by the known transform (nearest); Dice per side and volume
-error against it.
+the two native T1s: label maps on the input grid from (a) the bundle's pipeline as shipped (the scan resampled
+into template space, the fixed MNI boxes, percentile scaling, histogram standardisation), (b) the same without the
+histogram standardisation and (c) the scan at 1 mm in its own space, the same boxes centred where the registration
+puts the hippocampi (anatomy at its own size, as in the MSD training crops), standardised. Truth for the moved
+templates: the shipped pipeline's segmentation of the template itself, moved by the known transform (nearest);
+Dice per side and volumes against it.
 
 Part 3, the shipped network on the MSD fold-0 crops zoomed (0.8-1.25) or pitched (±20°) about their centre: how much
 template space (anatomy at template size and orientation) can cost.
+
+Part 4, end to end through the shipped bundle (``segmenter_from_bundle(...).segment``), registered (mode ``auto``)
+and with the fixed MNI boxes (mode ``mni``) side by side: median seconds of ``--runs`` after a first run, peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -49,6 +54,7 @@ from hippogan.transforms import (
     DEFAULT_RIGHT_CENTER,
     IMAGE,
     HippocampalROICropd,
+    HistogramStandardized,
     ScaleIntensityRangePercentilesNonzerod,
     get_postprocessing,
     scan_loader,
@@ -56,7 +62,6 @@ from hippogan.transforms import (
 )
 from hippogan.transforms.registration import (
     RegisterToTemplate,
-    RegisterToTemplated,
     load_template,
     register_to_template,
     resample_affine,
@@ -208,35 +213,35 @@ def _run_workers(names: list[str], args: argparse.Namespace) -> list[dict]:
 
 
 def _segmenter(preprocessing: Compose):
-    from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
+    from hippogan.pipeline.segmenter import Segmenter
 
-    global _NETWORK
-    if _NETWORK is None:
-        _NETWORK = segmenter_from_bundle(overrides={"device": "$torch.device('cpu')"}).network
     post = get_postprocessing(preprocessing, argmax=False, largest_component=True)
-    return Segmenter(_NETWORK, preprocessing=preprocessing, postprocessing=post, device="cpu")
+    return Segmenter(_bundle().network, preprocessing=preprocessing, postprocessing=post, device="cpu")
 
 
-_NETWORK = None
+@functools.lru_cache(maxsize=None)
+def _bundle():
+    """The shipped bundle's segmenter (inference.yaml as shipped), CPU."""
+    from hippogan.pipeline.segmenter import segmenter_from_bundle
+
+    return segmenter_from_bundle(overrides={"device": "$torch.device('cpu')"})
 
 
-def _template_space_chain() -> Compose:
-    return Compose(
-        [
-            scan_loader(IMAGE),
-            EnsureChannelFirstd(IMAGE),
-            RegisterToTemplated(IMAGE, mode="auto"),
-            Orientationd(IMAGE, axcodes="RAS", labels=None),
-            Spacingd(IMAGE, pixdim=(1.0, 1.0, 1.0), mode="bilinear"),
-            HippocampalROICropd(IMAGE, mode="whole_brain"),
-            ScaleIntensityRangePercentilesNonzerod(IMAGE, lower=0.5, upper=99.5),
-        ]
-    )
+def _bundle_steps() -> list:
+    return list(_bundle().preprocessing.transforms)
+
+
+def _template_space_chain(standardize: bool = True) -> Compose:
+    """The bundle's pre-processing (registration, template grid, fixed boxes), with or without its last step, the
+    histogram standardisation."""
+    steps = _bundle_steps()
+    return Compose(steps if standardize else [t for t in steps if not isinstance(t, HistogramStandardized)])
 
 
 def _subject_space_chain(mni_from_subject: np.ndarray) -> Compose:
     """The boxes centred where the registration puts the hippocampi, cut from the scan at 1 mm RAS (own size)."""
     left, right = (np.linalg.solve(mni_from_subject, np.append(c, 1.0))[:3].tolist() for c in CENTERS)
+    standardize = next(t for t in _bundle_steps() if isinstance(t, HistogramStandardized))
     return Compose(
         [
             scan_loader(IMAGE),
@@ -245,8 +250,17 @@ def _subject_space_chain(mni_from_subject: np.ndarray) -> Compose:
             Spacingd(IMAGE, pixdim=(1.0, 1.0, 1.0), mode="bilinear"),
             HippocampalROICropd(IMAGE, mode="whole_brain", left_center=left, right_center=right),
             ScaleIntensityRangePercentilesNonzerod(IMAGE, lower=0.5, upper=99.5),
+            standardize,
         ]
     )
+
+
+SPACES = {
+    "template, percentile scaling only": lambda result: _template_space_chain(standardize=False),
+    "template (shipped)": lambda result: _template_space_chain(),
+    "subject": lambda result: _subject_space_chain(result.mni_from_subject),
+}
+"""Part 2's variants: name -> the pre-processing of a scan given its registration."""
 
 
 def _side_masks(label_map: np.ndarray, affine: np.ndarray, mni_from_subject: np.ndarray) -> dict[str, np.ndarray]:
@@ -261,20 +275,19 @@ def _side_masks(label_map: np.ndarray, affine: np.ndarray, mni_from_subject: np.
     return sides
 
 
-def _network_comparison(args: argparse.Namespace, tmp: Path) -> list[dict]:
+def _network_comparison(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], dict]:
     """Part 2."""
     tpl = load_template()
     template_path = tmp / "template.nii"
     nib.save(nib.Nifti1Image(tpl.array, tpl.affine), template_path)
-    reference_seg = _segmenter(_template_space_chain()).segment(template_path)
-    reference = reference_seg.label_map  # the template's own labels
+    reference_seg = _bundle().segment(template_path)
+    reference = reference_seg.label_map  # the template's own labels, by the shipped pipeline
     background_path = tmp / "template_background.nii"
     nib.save(nib.Nifti1Image(tpl.array + 0.05 * float(tpl.array.max()), tpl.affine), background_path)
-    background = _segmenter(_template_space_chain()).segment(background_path)
-    controls = {
-        "template as is": [s.total_mm3 for s in reference_seg.sides],
-        "template + 5% background": [s.total_mm3 for s in background.sides],
-    }
+    controls = {"template as is": [s.total_mm3 for s in reference_seg.sides]}
+    for space in ("template, percentile scaling only", "template (shipped)"):
+        background = _segmenter(SPACES[space](None)).segment(background_path)
+        controls[f"template + 5% background, {space}"] = [s.total_mm3 for s in background.sides]
     logger.info("controls: %s", controls)
     rows = []
     for name in [n for n in MOVED if n != "template"] + list(NATIVE):
@@ -283,24 +296,58 @@ def _network_comparison(args: argparse.Namespace, tmp: Path) -> list[dict]:
         nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
         result = register_to_template(array, affine)
         voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
-        row = {"name": name, "etiv_scale": result.etiv_scale}
+        row = {"name": name, "etiv_scale": result.etiv_scale, "spaces": {}}
         truth = None
         if known is not None:
             truth = _side_masks(_on_grid(reference, known, affine, array.shape), affine, np.linalg.inv(known))
-        chains = {"template": _template_space_chain(), "subject": _subject_space_chain(result.mni_from_subject)}
-        for space, chain in chains.items():
+            row["truth_mm3"] = [float(truth[side].sum()) * voxel_mm3 for side in ("left", "right")]
+        for space, chain in SPACES.items():
             start = time.perf_counter()
-            segmentation = _segmenter(chain).segment(path)
-            row[f"{space}_s"] = time.perf_counter() - start
+            segmentation = _segmenter(chain(result)).segment(path)
+            figures = {"s": time.perf_counter() - start}
             sides = _side_masks(segmentation.label_map, affine, result.mni_from_subject)
-            for side, mask in sides.items():
-                row[f"{space}_{side}_mm3"] = float(mask.sum()) * voxel_mm3
-                if truth is not None:
-                    row[f"{space}_{side}_dice"] = _dice(mask, truth[side])
-                    row[f"truth_{side}_mm3"] = float(truth[side].sum()) * voxel_mm3
+            figures["mm3"] = [float(sides[side].sum()) * voxel_mm3 for side in ("left", "right")]
+            if truth is not None:
+                figures["dice"] = [_dice(sides[side], truth[side]) for side in ("left", "right")]
+            row["spaces"][space] = figures
         rows.append(row)
         logger.info("%s: %s", name, row)
     return rows, controls
+
+
+def _end_to_end_worker(name: str, mode: str, data: Path, runs: int) -> dict:
+    """Part 4, in a fresh process: the shipped bundle's segmenter on one whole brain, ``runs`` times (the first run
+    reads the template and builds the network's caches: reported apart)."""
+    from hippogan.pipeline.segmenter import segmenter_from_bundle
+
+    array, affine, _ = _load(name, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.nii"
+        nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
+        segmenter = segmenter_from_bundle(overrides={"device": "$torch.device('cpu')", "mode": mode})
+        seconds = []
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            result = segmenter.segment(path)
+            seconds.append(time.perf_counter() - start)
+    return {
+        "name": name, "mode": mode, "first_s": seconds[0], "runs_s": seconds[1:],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mm3": [s.total_mm3 for s in result.sides],
+    }  # fmt: skip
+
+
+def _end_to_end(args: argparse.Namespace) -> list[dict]:
+    """Part 4: registered (mode auto) and MNI-box (mode mni) paths side by side, worker processes in turns."""
+    rows = []
+    for name in ("template", *NATIVE):
+        for mode in ("auto", "mni"):
+            command = [sys.executable, __file__, "--data", str(args.data), "--runs", str(args.runs),
+                       "--threads", str(args.threads), "--e2e", name, mode]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            logger.info("end to end %s: %s", name, rows[-1])
+    return rows
 
 
 def _sensitivity(args: argparse.Namespace) -> dict[str, dict[float, tuple[float, float]]]:
@@ -347,8 +394,8 @@ def _load_average() -> str:
 
 
 def _markdown(
-    part1: list[dict], part2: list[dict], controls: dict, part3: dict, args: argparse.Namespace, loads: list[str],
-    wall: float,
+    part1: list[dict], part2: list[dict], controls: dict, part3: dict, part4: list[dict], args: argparse.Namespace,
+    loads: list[str], wall: float,
 ) -> str:
     command = "python benchmarks/bench_registration.py" + (f" --runs {args.runs}" if args.runs != 3 else "")
     lines = [
@@ -396,30 +443,53 @@ def _markdown(
         "",
         "## Part 2: the network in template space vs subject space",
         "",
-        "| input | etiv_scale | space | s | left mm³ | right mm³ | truth L / R mm³ | Dice L | Dice R |",
+        "| input | etiv_scale | pipeline | s | left mm³ | right mm³ | truth L / R mm³ | Dice L | Dice R |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in part2:
-        for space in ("template", "subject"):
-            truth = f"{r['truth_left_mm3']:.0f} / {r['truth_right_mm3']:.0f}" if "truth_left_mm3" in r else ""
-            dice = [f"{r[f'{space}_{s}_dice']:.3f}" if f"{space}_{s}_dice" in r else "" for s in ("left", "right")]
+        truth = " / ".join(f"{v:.0f}" for v in r["truth_mm3"]) if "truth_mm3" in r else ""
+        for space, f in r["spaces"].items():
+            dice = [f"{d:.3f}" for d in f["dice"]] if "dice" in f else ["", ""]
             lines.append(
-                f"| {r['name']} | {r['etiv_scale']:.3f} | {space} | {r[f'{space}_s']:.2f} "
-                f"| {r[f'{space}_left_mm3']:.0f} "
-                f"| {r[f'{space}_right_mm3']:.0f} | {truth} | {dice[0]} | {dice[1]} |"
+                f"| {r['name']} | {r['etiv_scale']:.3f} | {space} | {f['s']:.2f} | {f['mm3'][0]:.0f} "
+                f"| {f['mm3'][1]:.0f} | {truth} | {dice[0]} | {dice[1]} |"
             )
     lines += [
         "",
-        "template: the scan resampled onto the template grid (this transform), fixed MNI boxes; subject: the scan at "
-        "1 mm RAS in its own space, the same 36x50x36 mm boxes centred where the registration maps the MNI box "
-        "centres (rotation not undone, anatomy at its own size). Truth: the network's own label map of the template, "
-        "moved by the known transform (nearest). Volumes are counted on the input grid (the subject's own mm³).",
+        "template (shipped): the bundle's inference.yaml as shipped: the scan resampled onto the template grid, the "
+        "fixed MNI boxes, percentile scaling, then the boxes' histogram standardised onto the training crops' "
+        "(HistogramStandardized). template, percentile scaling only: the same without the last step (the pipeline "
+        "before it). subject: the scan at 1 mm RAS in its own space, the same 36x50x36 mm boxes centred where the "
+        "registration maps the MNI box centres (rotation not undone, anatomy at its own size), standardised. Truth: "
+        "the shipped pipeline's label map of the template itself, moved by the known transform (nearest). Volumes "
+        "are counted on the input grid (the subject's own mm³).",
         "",
-        "Control, the network on the template itself (template space, left / right mm³): "
+        "Controls (left / right mm³): "
         + "; ".join(f"{k}: {v[0]:.0f} / {v[1]:.0f}" for k, v in controls.items())
-        + ". The shipped network's output on the skull-stripped template depends on the exact zeros outside its "
-        "brain (excluded from the percentile scaling, like ROI padding): any resampling smears them, so the moved-"
-        "template rows measure that, not the registration (whose box Dice is in part 1).",
+        + ". Without the standardisation the network's output depends on the exact zeros outside the skull-stripped "
+        "template's brain (they are left out of the percentile scaling): a 5% background, or the smeared edge of a "
+        "resampled brain, changes its volumes tenfold.",
+        "",
+        "## Part 4: end to end, registered vs MNI boxes",
+        "",
+        "| input | mode | first run s | runs s | median s | peak RSS MB | left / right mm³ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in part4:
+        lines.append(
+            f"| {r['name']} | {r['mode']} | {r['first_s']:.1f} | {', '.join(f'{v:.1f}' for v in r['runs_s'])} "
+            f"| {np.median(r['runs_s']):.1f} | {r['peak_rss_mb']:.0f} | {' / '.join(f'{v:.0f}' for v in r['mm3'])} |"
+        )
+    ratios = []
+    for name in dict.fromkeys(r["name"] for r in part4):
+        by_mode = {r["mode"]: np.median(r["runs_s"]) for r in part4 if r["name"] == name}
+        ratios.append(f"{name} {by_mode['auto'] / by_mode['mni']:.1f}x")
+    lines += [
+        "",
+        "`segmenter_from_bundle(mode=...).segment(path)` in a fresh process per row (rows in turns), the scan read, "
+        "registered (auto), segmented and mapped back onto its grid; no file written. First run: template read and "
+        "caches built. mni on a native T1 gives meaningless volumes (it is not in MNI space): its row is a timing "
+        "baseline only. Registered / MNI-box median time: " + ", ".join(ratios) + ".",
         "",
         "## Part 3: the network's sensitivity to anatomy size and pitch (MSD fold-0 crops)",
         "",
@@ -449,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="SimpleITK and torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "registration.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import SimpleITK as sitk
 
@@ -456,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(_worker(args.worker, args.data, args.runs)))
+        return 0
+    if args.e2e:
+        print(json.dumps(_end_to_end_worker(*args.e2e, args.data, args.runs)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     missing = [n for n in NATIVE if not (args.data / "whole_brain_t1" / f"{n}.nii.gz").is_file()]
@@ -469,7 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     loads.append(f"part 2 {_load_average()}")
     part3 = _sensitivity(args)
     logger.info("sensitivity: %s", part3)
-    text = _markdown(part1, part2, controls, part3, args, loads, time.perf_counter() - start)
+    loads.append(f"part 3 {_load_average()}")
+    part4 = _end_to_end(args)
+    loads.append(f"part 4 {_load_average()}")
+    text = _markdown(part1, part2, controls, part3, part4, args, loads, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".md.tmp")
     partial.write_text(text)

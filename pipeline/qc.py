@@ -35,6 +35,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
 __all__ = [
     "ANTERIOR_COLOR",
+    "BRAIN_COLOR",
     "PLAUSIBLE_VOLUME_MM3",
     "POSTERIOR_COLOR",
     "qc_figure",
@@ -51,6 +52,12 @@ ANTERIOR_COLOR = "#ffb000"
 
 POSTERIOR_COLOR = "#00d0ff"
 """Outline colour of label 2, the posterior hippocampus (body + tail)."""
+
+BRAIN_COLOR = "#40ff40"
+"""Outline colour of the MNI152 template's brain where the registration put it."""
+
+_LABEL_OUTLINES = {1: (ANTERIOR_COLOR, "anterior (1)"), 2: (POSTERIOR_COLOR, "posterior (2)")}
+_BRAIN_OUTLINES = {1: (BRAIN_COLOR, "MNI152 brain, registered")}
 
 _MARGIN_MM = 8.0
 _UPSAMPLE = 4  # sub-voxel grid for the outlines, so they follow voxel edges
@@ -99,6 +106,8 @@ def qc_figure(
     title: str | None = None,
     volumes: Mapping[str, Mapping[str, float]] | None = None,
     whole_brain: bool | None = None,
+    brain: np.ndarray | None = None,
+    brain_heading: str = "MNI152 brain outline",
 ) -> Path:
     """Write a PNG of the three orthogonal planes through each hippocampus, segmentation outlined.
 
@@ -121,27 +130,41 @@ def qc_figure(
             given is measured on ``label`` (voxel count times voxel volume).
         whole_brain: split left/right; ``None`` decides from ``volumes`` (keys ``"left"``/``"right"``)
             or, without it, from whether the label has voxels on both sides of x = 0.
+        brain: bool ``(X, Y, Z)`` on the image grid, the template's brain as the registration placed it
+            (:func:`~hippogan.transforms.registration.brain_mask_on_grid`): adds a first row, the whole scan
+            through the brain's centre with the brain outlined, titled ``brain_heading`` (e.g. the
+            registration quality), so a misregistration shows at a glance.
 
     Returns:
         ``out_png`` as a ``Path``. The picture is 900 pixels wide, 330 pixels high per row plus 40 for
-        the title (100 dpi), typically 40-100 kB.
+        the title (100 dpi), typically 40-100 kB per row.
 
     Raises:
         ValueError: if the arrays are not 3D of one shape or ``affine`` is not an invertible, finite 4x4 matrix.
     """
+    original = np.asarray(affine, dtype=float)
+    if brain is not None and np.shape(brain) != np.shape(label):
+        raise ValueError(f"qc_figure: brain must have the label's shape {np.shape(label)}, got {np.shape(brain)}.")
     image, label, affine = _to_ras(image, label, affine)
     spacing = voxel_sizes(affine)
+    brain = None if brain is None else apply_orientation(np.asarray(brain, dtype=bool), io_orientation(original))
     sides = _split_sides(label, affine, volumes, whole_brain)
-    n_rows = max(len(sides), 1)
+    n_rows = max(len(sides), 1) + (brain is not None)
     heights = [_TITLE_INCHES] * bool(title) + [_ROW_INCHES[1]] * n_rows
     fig = Figure(figsize=(_ROW_INCHES[0], sum(heights)), dpi=_DPI, facecolor="black")
     rows = list(np.atleast_1d(fig.subfigures(len(heights), 1, height_ratios=heights)))
     if title:
         rows.pop(0).text(0.5, 0.5, title, ha="center", va="center", color="white", fontsize=13, fontweight="bold")
+    if brain is not None:
+        full = tuple(slice(0, n) for n in image.shape)
+        inside = np.argwhere(brain)
+        centre = tuple(int(c) for c in np.rint(inside.mean(axis=0))) if len(inside) else tuple(n // 2 for n in image.shape)
+        _draw_row(rows.pop(0), image, brain.astype(np.uint8), spacing, affine, full, centre, brain_heading,
+                  outlines=_BRAIN_OUTLINES)
     if not sides:
         full = tuple(slice(0, n) for n in image.shape)
         centre = tuple(n // 2 for n in image.shape)
-        _draw_row(rows[0], image, label, spacing, affine, full, centre, "no hippocampus found", outline=False)
+        _draw_row(rows[0], image, label, spacing, affine, full, centre, "no hippocampus found", outlines=None)
     voxel_mm3 = float(np.prod(spacing))
     for row, (side, mask) in zip(rows, sides.items()):
         side_label = np.where(mask, label, 0)
@@ -163,7 +186,7 @@ def qc_figure(
         lo = np.maximum(idx.min(axis=0) - pad, 0)
         hi = np.minimum(idx.max(axis=0) + pad + 1, image.shape)
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        _draw_row(row, image, side_label, spacing, affine, box, centre, heading, outline=True)
+        _draw_row(row, image, side_label, spacing, affine, box, centre, heading, outlines=_LABEL_OUTLINES)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=_DPI, facecolor="black")
@@ -218,11 +241,15 @@ def _draw_row(
     box: tuple[slice, slice, slice],
     centre: tuple[int, int, int],
     heading: str,
-    outline: bool,
+    outlines: Mapping[int, tuple[str, str]] | None,
 ) -> None:
-    """Draw the sagittal, coronal and axial planes through ``centre`` (voxel indices), cropped to ``box``."""
+    """Draw the sagittal, coronal and axial planes through ``centre`` (voxel indices), cropped to ``box``.
+
+    ``outlines``: label value -> (colour, legend text) of the regions outlined; ``None``: a warning row (red
+    heading, nothing outlined).
+    """
     row.set_facecolor("black")
-    if outline:
+    if outlines is not None:
         row.suptitle(heading, color="white", fontsize=10, y=0.98)
     else:
         row.suptitle(heading, color="#ff4040", fontsize=14, fontweight="bold", y=0.99)
@@ -247,10 +274,8 @@ def _draw_row(
         )
         ax.imshow(plane.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent,
                   interpolation="auto", aspect="equal")
-        if outline:
-            lab = label[tuple(sl)]
-            for value, color in ((1, ANTERIOR_COLOR), (2, POSTERIOR_COLOR)):
-                _outline(ax, lab == value, (h0, v0), (spacing[h], spacing[v]), color)
+        for value, (color, _) in (outlines or {}).items():
+            _outline(ax, label[tuple(sl)] == value, (h0, v0), (spacing[h], spacing[v]), color)
         if flip:
             ax.invert_xaxis()
         ax.set_xticks([])
@@ -263,9 +288,9 @@ def _draw_row(
         ):
             ax.text(x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="white", fontsize=10,
                     fontweight="bold", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "edgecolor": "none"})
-    if outline:
+    if outlines is not None:
         row.legend(
-            handles=[_line(ANTERIOR_COLOR, "anterior (1)"), _line(POSTERIOR_COLOR, "posterior (2)")],
+            handles=[_line(color, text) for color, text in outlines.values()],
             loc="lower center", ncol=2, fontsize=8, frameon=False, labelcolor="white",
             bbox_to_anchor=(0.5, 0.0),
         )

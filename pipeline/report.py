@@ -16,14 +16,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from hippogan.transforms.registration import QUALITY_WARN
+
 from .file_io import atomic_path
-from .qc import ANTERIOR_COLOR, PLAUSIBLE_VOLUME_MM3, POSTERIOR_COLOR, volume_flags
+from .qc import ANTERIOR_COLOR, BRAIN_COLOR, PLAUSIBLE_VOLUME_MM3, POSTERIOR_COLOR, volume_flags
 
 __all__ = ["ROW_KEYS", "write_report"]
 
 logger = logging.getLogger(__name__)
 
-ROW_KEYS = ("subject", "side", "total_mm3", "anterior_mm3", "posterior_mm3", "flag", "status", "reason", "qc_png")
+ROW_KEYS = (
+    "subject", "side", "total_mm3", "anterior_mm3", "posterior_mm3", "flag", "status", "reason", "qc_png",
+    "registration_quality", "etiv_mm3", "total_norm_mm3",
+)  # fmt: skip
 """Keys a report row may hold; only ``subject`` is required (see :func:`write_report`)."""
 
 _STATUSES = ("ok", "failed")
@@ -67,7 +72,9 @@ def write_report(
               else ``"ok"``;
             - ``reason``: why the subject failed (e.g. the error message);
             - ``qc_png``: path of the subject's QC picture (absolute, or relative to the current
-              folder). Consecutive rows of one subject and one picture share one thumbnail cell.
+              folder). Consecutive rows of one subject and one picture share one thumbnail cell;
+            - ``registration_quality``, ``etiv_mm3`` (mm³), ``total_norm_mm3`` (head-size-normalised
+              volume, mm³): a registered whole brain's figures (``volumes.csv``); "-" when absent.
         out_html: HTML file to write (UTF-8); its folder is created.
         title: page title and heading.
         embed_images: embed thumbnails as ``data:`` URIs (the page stands alone); ``False`` refers
@@ -98,12 +105,16 @@ def write_report(
         "plausible adult range: look at the QC picture (a quality-control flag, not a diagnosis). "
         f'Outlines: <span class="swatch" style="background:{ANTERIOR_COLOR}"></span> anterior (label 1), '
         f'<span class="swatch" style="background:{POSTERIOR_COLOR}"></span> posterior (label 2). '
-        "Click a picture to enlarge it.</p>"
+        f'<span class="swatch" style="background:{BRAIN_COLOR}"></span> MNI152 brain where the registration put '
+        "it (whole brains). Registration quality: local correlation with the template (good: above "
+        f"{QUALITY_WARN:.2f}); eTIV: estimated intracranial volume from the registration; normalised: the "
+        "volume scaled to the template's head size. Click a picture to enlarge it.</p>"
     )
     body.append("<table>")
     body.append(
         "<tr><th>Subject</th><th>Side</th><th>Total (mm³)</th><th>Anterior (mm³)</th>"
-        "<th>Posterior (mm³)</th><th>Flag</th><th>Status</th><th>QC</th></tr>"
+        "<th>Posterior (mm³)</th><th>Normalised total (mm³)</th><th>Registration quality</th>"
+        "<th>eTIV (mm³)</th><th>Flag</th><th>Status</th><th>QC</th></tr>"
     )
     images: dict[Path, str] = {}
     for i, row in enumerate(checked):
@@ -117,6 +128,10 @@ def write_report(
             f"<td>{_esc(row['subject'])}</td>",
             f"<td>{_esc(row['side'])}</td>",
             *(f'<td class="num">{_volume(row[k])}</td>' for k in ("total_mm3", "anterior_mm3", "posterior_mm3")),
+            f'<td class="num">{_volume(row["total_norm_mm3"])}</td>',
+            f'<td class="num">{float(row["registration_quality"]):.2f}</td>' if _is_number(row["registration_quality"])
+            else "<td>-</td>",
+            f'<td class="num">{_volume(row["etiv_mm3"])}</td>',
             f'<td{" class=flag" if row["flag"] else ""}>{_esc(row["flag"])}</td>',
             f'<td class="status-{row["status"]}">{_esc(status)}</td>',
         ]

@@ -22,6 +22,7 @@ from .file_io import NIFTI_SUFFIXES, atomic_path, file_lock, spreadsheet_safe, s
 from .qc import volume_flags
 
 __all__ = [
+    "MODES",
     "VOLUMES_CSV",
     "VOLUME_COLUMNS",
     "RunSummary",
@@ -38,9 +39,17 @@ __all__ = [
 VOLUMES_CSV = "volumes.csv"
 VOLUME_COLUMNS = (
     "subject", "side", "mode", "total_mm3", "anterior_mm3", "posterior_mm3", "flag", "status", "reason",
+    "registration_quality", "etiv_mm3", "total_norm_mm3", "anterior_norm_mm3", "posterior_norm_mm3",
 )  # fmt: skip
-"""Columns of ``volumes.csv``; volumes in mm³ (empty for a failed scan)."""
+"""Columns of ``volumes.csv``; volumes in mm³ (empty for a failed scan). The last five are filled for registered
+whole brains (``registration_quality`` for ``mni`` scans too): see :meth:`Segmentation.volume_rows`."""
 _VOLUME_KEYS = ("total_mm3", "anterior_mm3", "posterior_mm3")
+_NUMBER_KEYS = (
+    *_VOLUME_KEYS, "registration_quality", "etiv_mm3", "total_norm_mm3", "anterior_norm_mm3", "posterior_norm_mm3",
+)  # fmt: skip
+MODES = ("precropped", "registered", "mni")
+"""``Segmentation.mode``: a hippocampus crop; a whole brain registered to MNI152 here; a whole brain given in MNI
+space (fixed boxes, alignment only measured)."""
 
 
 @dataclass
@@ -69,12 +78,18 @@ class Segmentation:
     Attributes:
         subject: subject id.
         source: the input path (NIfTI file or DICOM series folder).
-        mode: the ROI mode used (``"precropped"`` or ``"whole_brain"``).
+        mode: one of :data:`MODES`.
         label_map: ``(X, Y, Z)`` uint8, 0 background, 1 anterior, 2 posterior hippocampus; the input's voxel
             grid (``hippogan.transforms.scan_loader("image")({"image": source})`` loads the scan on it).
         affine: ``(4, 4)`` voxel-to-world matrix of the input (mm; RAS for NIfTI and DICOM alike).
         sides: volumes per side (one entry for a crop, left and right for a whole brain).
-        warnings: what the input checks found doubtful (e.g. qform and sform disagree); they flag every side.
+        warnings: what the input checks found doubtful (e.g. qform and sform disagree, a poor registration);
+            they flag every side.
+        registration_quality: mean local NCC with the MNI152 template (registered and ``mni`` scans; NaN otherwise).
+        etiv_mm3: estimated total intracranial volume from the registration's determinant, mm³ (registered
+            scans; NaN otherwise).
+        etiv_scale: ``|det|`` of the subject -> MNI map (registered scans; NaN otherwise).
+        mni_from_subject: 4x4 subject world -> MNI world (registered: found; ``mni``: identity; crops: ``None``).
     """
 
     subject: str
@@ -84,18 +99,41 @@ class Segmentation:
     affine: np.ndarray
     sides: list[SideVolumes] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    registration_quality: float = float("nan")
+    etiv_mm3: float = float("nan")
+    etiv_scale: float = float("nan")
+    mni_from_subject: np.ndarray | None = None
+
+    @property
+    def whole_brain(self) -> bool:
+        """Whether the scan is a whole brain (two sides, left and right), registered or in MNI space."""
+        return self.mode != MODES[0]
 
     def volume_rows(self) -> list[dict[str, Any]]:
         """Rows of ``volumes.csv`` (:data:`VOLUME_COLUMNS`), one per side, status ``ok``.
 
         ``flag``: the volume's :func:`~hippogan.pipeline.qc.volume_flags` and the scan's ``warnings``, ``"; "``-joined.
+        ``*_norm_mm3``: head-size-normalised volumes (the proportion method), ``volume x etiv_scale``: the volume
+        scaled to a head of the template's intracranial volume (1,882,989 mm³ for nilearn's MNI152), i.e.
+        ``volume / etiv_mm3 x 1,882,989``. Empty where not registered.
         """
-        return [
-            {"subject": self.subject, "mode": self.mode, **vars(side),
-             "flag": "; ".join(f for f in (volume_flags(side.total_mm3), *self.warnings) if f),
-             "status": "ok", "reason": ""}
-            for side in self.sides
-        ]  # fmt: skip
+        registered = bool(np.isfinite(self.etiv_scale))
+        scan = {
+            "registration_quality": _number(self.registration_quality),
+            "etiv_mm3": _number(self.etiv_mm3),
+        }
+        rows = []
+        for side in self.sides:
+            norm = {f"{key[:-4]}_norm_mm3": getattr(side, key) * self.etiv_scale if registered else None
+                    for key in _VOLUME_KEYS}
+            flag = "; ".join(f for f in (volume_flags(side.total_mm3), *self.warnings) if f)
+            rows.append({"subject": self.subject, "mode": self.mode, **vars(side), "flag": flag, "status": "ok",
+                         "reason": "", **scan, **norm})
+        return rows  # fmt: skip
+
+
+def _number(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 @dataclass
@@ -194,7 +232,7 @@ def read_volumes_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         rows = []
         for row in reader:
             rows.append({
-                k: (float(v) if v else None) if k in _VOLUME_KEYS else spreadsheet_unsafe(v or "")
+                k: (float(v) if v else None) if k in _NUMBER_KEYS else spreadsheet_unsafe(v or "")
                 for k, v in row.items() if k is not None
             })  # fmt: skip
     return rows

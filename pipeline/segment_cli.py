@@ -32,7 +32,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from hippogan.transforms import AUTO, IMAGE, ROI_MODES, scan_loader
+from hippogan.transforms import IMAGE, scan_loader
+from hippogan.transforms.registration import QUALITY_WARN, brain_mask_on_grid
 
 from .bundled import DEFAULT_BUNDLE
 from .file_io import atomic_path, safe_file_stem
@@ -57,17 +58,25 @@ _DESCRIPTION = """\
 Segment the hippocampus in T1 scans with the bundle's model (configs/inference.yaml and its weights)
 and write, in --out: one label map per scan (<subject>.nii.gz: 0 background, 1 anterior, 2 posterior;
 the input's grid and affine), one QC picture per scan (qc/<subject>.png: three planes through each
-hippocampus, outlined, volumes printed), volumes.csv (subject, side, mode, total_mm3, anterior_mm3,
-posterior_mm3, flag, status, reason; mm³) and report.html (the table with QC thumbnails; one file,
-readable offline); with --no-qc, the label maps and volumes.csv only. `hippogan infer` is this command.
+hippocampus, outlined, volumes printed; for a whole brain, a first row with the MNI152 brain outlined
+where the registration put it), volumes.csv (subject, side, mode, total_mm3, anterior_mm3,
+posterior_mm3, flag, status, reason, registration_quality, etiv_mm3, total_norm_mm3, anterior_norm_mm3,
+posterior_norm_mm3; mm³) and report.html (the table with QC thumbnails; one file, readable offline);
+with --no-qc, the label maps and volumes.csv only. `hippogan infer` is this command.
 
-inputs: NIfTI files, folders of them, DICOM series folders (a folder of .dcm files is one series; a
-folder of series sub-folders holds several) or a manifest CSV (with --dataset-dir). A scan that is a
-whole brain (field of view over 100 mm, registered to MNI space) is cropped around both hippocampi;
-a smaller one is taken as a hippocampus crop (e.g. MSD).
+inputs: NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) files, folders of them, DICOM series folders
+(a folder of .dcm files is one series; a folder of series sub-folders holds several) or a manifest CSV
+(with --dataset-dir).
 
-flag: a hippocampus volume outside 1,500-6,000 mm³, a wide plausible adult range: look at its QC
-picture (a quality-control flag, not a diagnosis).
+--mode auto (default): a whole brain (field of view over 100 mm along an axis; any orientation, head
+position, voxel size, skull on or off) is registered affinely to the MNI152 template to find both
+hippocampi; volumes stay in the scan's own mm³, and eTIV (from the registration's determinant) and
+head-size-normalised volumes are added. A smaller scan is a hippocampus crop (e.g. MSD).
+--mode mni: whole brains already registered to MNI space (fixed boxes; their alignment is measured and
+a scan that is not aligned is flagged). --mode precropped: hippocampus crops only.
+
+flag: a hippocampus volume outside 1,500-6,000 mm³ (a wide plausible adult range), a registration
+quality below 0.45, or a doubtful input: look at its QC picture (a quality-control flag, not a diagnosis).
 
 --demo: segment nilearn's MNI152 whole-brain T1 template (no data of your own needed).
 
@@ -120,12 +129,18 @@ def _qc_writer(qc_dir: Path, pictures: dict[str, Path]) -> Callable[[Segmentatio
         image = np.asarray(scan_loader(IMAGE)({IMAGE: str(result.source)})[IMAGE]).reshape(result.label_map.shape)
         volumes = {s.side: {k: getattr(s, k) for k in ("total_mm3", "anterior_mm3", "posterior_mm3")}
                    for s in result.sides}
+        brain, heading = None, ""
+        if result.mni_from_subject is not None:
+            brain = brain_mask_on_grid(result.affine, result.label_map.shape, result.mni_from_subject)
+            heading = f"MNI152 brain outline ({result.mode}): registration quality {result.registration_quality:.2f}"
+            if result.registration_quality < QUALITY_WARN:
+                heading += f"  FLAG: below {QUALITY_WARN:.2f}"
         qc_dir.mkdir(parents=True, exist_ok=True)
         path = qc_dir / f"{label_map.name[: -len('.nii.gz')]}.png"  # the label map's safe stem
         with atomic_path(path) as tmp:
             qc_figure(
                 image, result.label_map, result.affine, tmp, title=result.subject, volumes=volumes,
-                whole_brain=result.mode == "whole_brain",
+                whole_brain=result.whole_brain, brain=brain, brain_heading=heading,
             )  # fmt: skip
         pictures[result.subject] = path
 
@@ -215,7 +230,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="where the network runs (default: auto, CUDA when available)"
     )
-    parser.add_argument("--mode", choices=(AUTO, *ROI_MODES), default=AUTO, help="ROI mode (default: auto)")
+    parser.add_argument(
+        "--mode", choices=("auto", "mni", "precropped"), default="auto",
+        help="auto: register whole brains to MNI152, crops as they are (default); mni: whole brains already in "
+        "MNI space; precropped: hippocampus crops",
+    )  # fmt: skip
     parser.add_argument(
         "--no-lcc", action="store_true", help="keep every connected component (default: the largest per side)"
     )

@@ -44,7 +44,14 @@ from tqdm import tqdm
 from hippogan.transforms.chains import get_postprocessing, get_preprocessing
 from hippogan.transforms.keys import IMAGE, PRED, SIDE, UNKNOWN_SIDE
 from hippogan.transforms.loading import scan_stem
-from hippogan.transforms.roi import ROI_MODES, merge_sides
+from hippogan.transforms.registration import (
+    ETIV_MM3,
+    ETIV_SCALE,
+    MNI_FROM_SUBJECT,
+    REGISTRATION_KEYS,
+    REGISTRATION_QUALITY,
+)
+from hippogan.transforms.roi import merge_sides
 from hippogan.transforms.sanity import SCAN_WARNINGS
 from hippogan.transforms.slicing import sagittal_inferer
 
@@ -53,6 +60,7 @@ from .file_io import first_cause, root_cause, writable_folder
 from .inputs import check_outputs_spare_inputs, output_stems
 from .manifest import SUBJECT_ID
 from .results import (
+    MODES,
     VOLUMES_CSV,
     RunSummary,
     Segmentation,
@@ -69,6 +77,8 @@ __all__ = ["EmptyPlaneSkipper", "Segmenter", "segmenter_from_bundle"]
 logger = logging.getLogger(__name__)
 
 _ERROR = "error"
+_SCAN_KEYS = (SCAN_WARNINGS, *REGISTRATION_KEYS)
+"""Per-scan entries of a sample (the input checks' warnings, the registration's figures): kept out of the batch."""
 _FLUSH_SECONDS = 2.0
 """Longest time a finished scan's rows wait before they are merged into ``volumes.csv``."""
 
@@ -202,8 +212,8 @@ class Segmenter:
         A side with no hippocampus predicted gets an empty map and a logged warning.
         """
         samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
-        warnings = list(samples[0].get(SCAN_WARNINGS, []))
-        batch = list_data_collate([{k: v for k, v in sample.items() if k != SCAN_WARNINGS} for sample in samples])
+        scan = {key: samples[0].get(key) for key in _SCAN_KEYS}
+        batch = list_data_collate([{k: v for k, v in sample.items() if k not in _SCAN_KEYS} for sample in samples])
         batch[PRED] = self._predict(batch[IMAGE])
         inverted = [self.postprocessing(sample) for sample in decollate_batch(batch)]
         first = inverted[0][PRED]
@@ -219,10 +229,18 @@ class Segmenter:
                 )
         label_map = merge_sides(inverted) if len(inverted) > 1 else inverted[0][PRED]
         label_map = np.asarray(torch.as_tensor(label_map).round(), dtype=np.uint8)[0]
-        mode = ROI_MODES[0] if str(inverted[0][SIDE]) == UNKNOWN_SIDE else ROI_MODES[1]
+        nan = float("nan")
+        etiv_scale = nan if scan[ETIV_SCALE] is None else float(scan[ETIV_SCALE])
+        if str(inverted[0][SIDE]) == UNKNOWN_SIDE:
+            mode = MODES[0]
+        else:
+            mode = MODES[1] if np.isfinite(etiv_scale) else MODES[2]
         return Segmentation(
             subject=subject, source=Path(path), mode=mode, label_map=label_map, affine=affine, sides=sides,
-            warnings=warnings,
+            warnings=list(scan[SCAN_WARNINGS] or []),
+            registration_quality=nan if scan[REGISTRATION_QUALITY] is None else float(scan[REGISTRATION_QUALITY]),
+            etiv_mm3=nan if scan[ETIV_MM3] is None else float(scan[ETIV_MM3]), etiv_scale=etiv_scale,
+            mni_from_subject=_finite_or_none(scan[MNI_FROM_SUBJECT]),
         )  # fmt: skip
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -318,6 +336,14 @@ class Segmenter:
         if failures:
             logger.error("%d scan(s) failed: %s", len(failures), "; ".join(f"{s}: {r}" for s, r in failures.items()))
         return RunSummary(out_dir, label_maps, failures, rows, out_dir / VOLUMES_CSV, seconds, table)
+
+
+def _finite_or_none(matrix: Any) -> np.ndarray | None:
+    """A registration's 4x4 matrix, or ``None`` for a crop (absent, or the all-NaN placeholder)."""
+    if matrix is None:
+        return None
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return matrix if np.all(np.isfinite(matrix)) else None
 
 
 def _subject(dataset: Dataset, index: int) -> str:

@@ -121,8 +121,8 @@ def test_inference_config_properties_and_editable_steps(bundle, msd_dir):
     assert workflow.check_properties() == []
     names = [type(t).__name__ for t in workflow.parser.get_parsed_content("preprocessing").transforms]
     assert names == [
-        "LoadImaged", "EnsureChannelFirstd", "CheckScand", "Orientationd", "Spacingd", "HippocampalROICropd",
-        "ScaleIntensityRangePercentilesNonzerod",
+        "LoadImaged", "EnsureChannelFirstd", "CheckScand", "RegisterToTemplated", "Orientationd", "Spacingd",
+        "HippocampalROICropd", "ScaleIntensityRangePercentilesNonzerod", "HistogramStandardized",
     ]  # fmt: skip
     post = [type(t).__name__ for t in workflow.parser.get_parsed_content("postprocessing").transforms]
     assert post == ["EnsureTyped", "Invertd", "KeepLargestComponentd"]

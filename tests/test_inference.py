@@ -114,7 +114,7 @@ def test_whole_brain_two_sides_on_input_grid(segmenter, mni_path, tmp_path):
     assert pred.shape == image.shape and np.array_equal(pred.affine, image.affine)
     labels = np.asarray(pred.dataobj)
     rows = _read_volumes(tmp_path)
-    assert [(r["side"], r["mode"]) for r in rows] == [("left", "whole_brain"), ("right", "whole_brain")]
+    assert [(r["side"], r["mode"]) for r in rows] == [("left", "registered"), ("right", "registered")]
     outside = np.ones(labels.shape, dtype=bool)
     for row, center in zip(rows, (DEFAULT_LEFT_CENTER, DEFAULT_RIGHT_CENTER)):
         box = tuple(slice(s, e) for s, e in zip(*world_box_to_voxels(image.affine, center, DEFAULT_BOX_SIZE)))

@@ -77,6 +77,23 @@ def test_qc_figure_two_sides_and_lps(tmp_path):
     np.testing.assert_array_equal(imread(lps), imread(ras))
 
 
+def test_qc_figure_brain_outline_row(tmp_path):
+    """A registered whole brain: a first row with the whole scan and the template's brain outlined, titled."""
+    image, label, affine = two_sided_volume()
+    brain = np.zeros(image.shape, dtype=bool)
+    brain[5:-5, 5:-5, 3:-3] = True
+    out = qc_figure(image, label, affine, tmp_path / "brain.png", title="t", brain=brain,
+                    brain_heading="MNI152 brain outline (registered): registration quality 0.55")
+    assert png_size(out) == (900, 40 + 3 * 330)
+    assert out.stat().st_size < 3 * MAX_PNG_BYTES
+    lps = qc_figure(*to_lps(image, label, affine), tmp_path / "lps.png", title="t",
+                    brain=to_lps(image, brain, affine)[1],
+                    brain_heading="MNI152 brain outline (registered): registration quality 0.55")
+    np.testing.assert_array_equal(imread(lps), imread(out))
+    with pytest.raises(ValueError, match="brain must have the label's shape"):
+        qc_figure(image, label, affine, tmp_path / "bad.png", brain=brain[1:])
+
+
 def test_split_sides_by_world_x():
     image, label, affine = two_sided_volume()
     sides = _split_sides(label, affine, None, None)
@@ -142,7 +159,8 @@ def report_rows(msd_case, tmp_path):
         {"subject": hostile, "side": "right", "total_mm3": 1234.0, "anterior_mm3": 600.0,
          "posterior_mm3": 634.0, "qc_png": brain_png},
         {"subject": hostile, "side": "left", "total_mm3": 3456.0, "anterior_mm3": 1700.0,
-         "posterior_mm3": 1756.0, "qc_png": brain_png},
+         "posterior_mm3": 1756.0, "qc_png": brain_png, "registration_quality": 0.5531, "etiv_mm3": 1471632.0,
+         "total_norm_mm3": 4515.0},
         {"subject": "Study1_HCropVolume", "status": "failed", "reason": "no DICOM series in folder <x> & co"},
     ]
 
@@ -159,6 +177,7 @@ def test_write_report(report_rows, tmp_path, embed):
     for volume in ("2,948", "1,324", "1,624", "1,234", "3,456"):
         assert f">{volume}<" in page
     assert "small (&lt; 1500 mm³)" in page  # the right side, 1,234 mm³
+    assert "Registration quality" in page and ">0.55<" in page and ">1,471,632<" in page and ">4,515<" in page
     assert "failed: no DICOM series in folder &lt;x&gt; &amp; co" in page
     assert page.count('rowspan="2"') == 1  # one thumbnail for both sides of one subject
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page, re.IGNORECASE)

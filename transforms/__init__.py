@@ -6,6 +6,14 @@ from .augmentation import get_plane_augmentation
 from .cleanup import KeepLargestComponent, KeepLargestComponentD, KeepLargestComponentd, KeepLargestComponentDict
 from .chains import get_loading, get_postprocessing, get_preprocessing
 from .context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
+from .histogram import (
+    DEFAULT_PERCENTILES,
+    HistogramStandardize,
+    HistogramStandardized,
+    HistogramStandardizeD,
+    HistogramStandardizeDict,
+    histogram_landmarks,
+)
 from .intensity import (
     ScaleIntensityRangePercentilesNonzero,
     ScaleIntensityRangePercentilesNonzeroD,
@@ -45,6 +53,12 @@ __all__ = [
     "SitkDicomSeriesReader",
     "get_plane_augmentation",
     "scan_loader",
+    "DEFAULT_PERCENTILES",
+    "HistogramStandardize",
+    "HistogramStandardized",
+    "HistogramStandardizeD",
+    "HistogramStandardizeDict",
+    "histogram_landmarks",
     "ScaleIntensityRangePercentilesNonzero",
     "ScaleIntensityRangePercentilesNonzerod",
     "ScaleIntensityRangePercentilesNonzeroD",
@@ -92,6 +106,7 @@ from .registration import (  # noqa: E402  (issue 12: localisation by registrati
     ETIV_MM3,
     ETIV_SCALE,
     MIN_QUALITY,
+    MNI_FROM_SUBJECT,
     QUALITY_WARN,
     REGISTRATION_MODES,
     REGISTRATION_QUALITY,
@@ -100,6 +115,7 @@ from .registration import (  # noqa: E402  (issue 12: localisation by registrati
     RegisterToTemplated,
     RegisterToTemplateDict,
     RegistrationResult,
+    brain_mask_on_grid,
     register_to_template,
 )
 
@@ -110,7 +126,9 @@ __all__ += [
     "QUALITY_WARN",
     "ETIV_SCALE",
     "ETIV_MM3",
+    "MNI_FROM_SUBJECT",
     "RegistrationResult",
+    "brain_mask_on_grid",
     "register_to_template",
     "RegisterToTemplate",
     "RegisterToTemplated",

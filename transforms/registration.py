@@ -73,6 +73,7 @@ from scipy import ndimage
 
 from .keys import IMAGE
 from .loading import source_name
+from .sanity import SCAN_WARNINGS
 from .roi import (
     DEFAULT_BOX_SIZE,
     DEFAULT_LEFT_CENTER,
@@ -88,7 +89,10 @@ __all__ = [
     "REGISTRATION_QUALITY",
     "ETIV_SCALE",
     "ETIV_MM3",
+    "MNI_FROM_SUBJECT",
+    "REGISTRATION_KEYS",
     "RegistrationResult",
+    "brain_mask_on_grid",
     "load_template",
     "register_to_template",
     "resample_affine",
@@ -112,6 +116,9 @@ QUALITY_WARN = 0.45
 REGISTRATION_QUALITY = "registration_quality"
 ETIV_SCALE = "etiv_scale"
 ETIV_MM3 = "etiv_mm3"
+MNI_FROM_SUBJECT = "mni_from_subject"
+REGISTRATION_KEYS = (REGISTRATION_QUALITY, ETIV_SCALE, ETIV_MM3, MNI_FROM_SUBJECT)
+"""The data-dict keys :class:`RegisterToTemplated` writes (per scan, not per voxel)."""
 _REG_SPACING_MM = 2.0
 _LNCC_WINDOW = 7  # voxels of the 2 mm grid: 14 mm
 _MASK_DILATION_MM = 6.0
@@ -583,6 +590,26 @@ def resample_affine(
     return torch.from_numpy(np.ascontiguousarray(np.stack(channels)))
 
 
+
+def brain_mask_on_grid(
+    affine: np.ndarray, shape: Sequence[int], mni_from_subject: np.ndarray, template: str | None = None
+) -> np.ndarray:
+    """The template's brain (its nonzero voxels) mapped onto a scan's grid through a registration.
+
+    Args:
+        affine: the scan's 4x4 voxel-to-world matrix (mm).
+        shape: the scan's spatial shape ``(X, Y, Z)``.
+        mni_from_subject: 4x4, subject world -> MNI world (:attr:`RegistrationResult.mni_from_subject`).
+        template: the template file (default nilearn's MNI152).
+
+    Returns:
+        ``(X, Y, Z)`` bool, e.g. to outline where the registration put the template's brain (QC pictures).
+    """
+    tpl = load_template(template)
+    out_to_in = np.linalg.inv(tpl.affine) @ np.asarray(mni_from_subject, dtype=np.float64) @ np.asarray(affine)
+    brain = torch.as_tensor(tpl.array > 0, dtype=torch.float32)[None]
+    return resample_affine(brain, out_to_in, shape, mode="nearest")[0].numpy() > 0.5
+
 _AXES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
@@ -853,6 +880,11 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         quality_key: receives the registration quality (float in [-1, 1]; NaN for a crop).
         etiv_scale_key: receives ``etiv_scale`` (NaN when not registered).
         etiv_key: receives ``etiv_mm3`` (NaN when not registered).
+        mni_key: receives ``mni_from_subject`` (4x4 float64, subject world -> MNI mm; the identity in mode
+            ``mni``; all NaN for a crop, so that samples still collate), e.g. for drawing the template's brain outline on the scan
+            (:func:`brain_mask_on_grid`).
+        warnings_key: a quality below :data:`QUALITY_WARN` appends a warning here (the list
+            :class:`~hippogan.transforms.sanity.CheckScand` keeps; every side of the scan is then flagged).
         allow_missing_keys: do not raise when a key is absent.
 
     Raises:
@@ -877,6 +909,8 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         quality_key: str = REGISTRATION_QUALITY,
         etiv_scale_key: str = ETIV_SCALE,
         etiv_key: str = ETIV_MM3,
+        mni_key: str = MNI_FROM_SUBJECT,
+        warnings_key: str = SCAN_WARNINGS,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -891,6 +925,7 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
             if m not in ("bilinear", "nearest"):
                 raise ValueError(f"RegisterToTemplated: interp_mode must be 'bilinear' or 'nearest', got {m!r}.")
         self.quality_key, self.etiv_scale_key, self.etiv_key = quality_key, etiv_scale_key, etiv_key
+        self.mni_key, self.warnings_key = mni_key, warnings_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         """Register the first key's volume, resample every key alike, write quality and eTIV keys."""
@@ -905,6 +940,14 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         d[self.quality_key] = nan if result is None else float(result.quality)
         d[self.etiv_scale_key] = nan if result is None else float(result.etiv_scale)
         d[self.etiv_key] = nan if result is None else float(result.etiv_mm3)
+        d[self.mni_key] = np.full((4, 4), nan) if result is None else np.asarray(result.mni_from_subject, np.float64)
+        if result is not None and result.quality < QUALITY_WARN:
+            aligned = "not aligned with the MNI152 template" if not result.registered else "poor registration"
+            advice = "segment it with mode auto" if not result.registered else "check the brain outline in the QC picture"
+            d[self.warnings_key] = [
+                *d.get(self.warnings_key, []),
+                f"{aligned}: quality {result.quality:.2f} below {QUALITY_WARN:.2f}; {advice}",
+            ]
         self.registrar.last_result = result
         return d
 
