@@ -127,7 +127,8 @@ def qc_figure(
         title: heading of the picture (e.g. the subject id); none when ``None``.
         volumes: per side (``"left"``, ``"right"`` or ``"unknown"``), the volumes in mm³ under
             ``"total_mm3"``, ``"anterior_mm3"``, ``"posterior_mm3"`` (e.g. the segmenter's); what is not
-            given is measured on ``label`` (voxel count times voxel volume).
+            given is measured on ``label`` (voxel count times voxel volume); optionally ``"confidence"``
+            (printed in the row's heading).
         whole_brain: split left/right; ``None`` decides from ``volumes`` (keys ``"left"``/``"right"``)
             or, without it, from whether the label has voxels on both sides of x = 0.
         brain: bool ``(X, Y, Z)`` on the image grid, the template's brain as the registration placed it
@@ -178,7 +179,9 @@ def qc_figure(
         heading = (
             f"{'hippocampus (side unknown)' if side == 'unknown' else side + ' hippocampus'}: "
             f"total {vol['total_mm3']:,.0f} mm³ (anterior {vol['anterior_mm3']:,.0f}, "
-            f"posterior {vol['posterior_mm3']:,.0f})" + (f"  FLAG: {flag}" if flag else "")
+            f"posterior {vol['posterior_mm3']:,.0f})"
+            + (f", confidence {vol['confidence']:.3f}" if np.isfinite(vol.get("confidence", np.nan)) else "")
+            + (f"  FLAG: {flag}" if flag else "")
         )
         idx = np.argwhere(mask)
         centre = tuple(int(c) for c in np.rint(idx.mean(axis=0)))

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 ROW_KEYS = (
     "subject", "side", "total_mm3", "anterior_mm3", "posterior_mm3", "flag", "status", "reason", "qc_png",
-    "registration_quality", "etiv_mm3", "total_norm_mm3",
+    "registration_quality", "etiv_mm3", "total_norm_mm3", "confidence",
 )  # fmt: skip
 """Keys a report row may hold; only ``subject`` is required (see :func:`write_report`)."""
 
@@ -74,7 +74,8 @@ def write_report(
             - ``qc_png``: path of the subject's QC picture (absolute, or relative to the current
               folder). Consecutive rows of one subject and one picture share one thumbnail cell;
             - ``registration_quality``, ``etiv_mm3`` (mm³), ``total_norm_mm3`` (head-size-normalised
-              volume, mm³): a registered whole brain's figures (``volumes.csv``); "-" when absent.
+              volume, mm³): a registered whole brain's figures (``volumes.csv``); "-" when absent;
+            - ``confidence``: the network's self-agreement on the side (``volumes.csv``); "-" when absent.
         out_html: HTML file to write (UTF-8); its folder is created.
         title: page title and heading.
         embed_images: embed thumbnails as ``data:`` URIs (the page stands alone); ``False`` refers
@@ -114,7 +115,7 @@ def write_report(
     body.append(
         "<tr><th>Subject</th><th>Side</th><th>Total (mm³)</th><th>Anterior (mm³)</th>"
         "<th>Posterior (mm³)</th><th>Normalised total (mm³)</th><th>Registration quality</th>"
-        "<th>eTIV (mm³)</th><th>Flag</th><th>Status</th><th>QC</th></tr>"
+        "<th>eTIV (mm³)</th><th>Confidence</th><th>Flag</th><th>Status</th><th>QC</th></tr>"
     )
     images: dict[Path, str] = {}
     for i, row in enumerate(checked):
@@ -129,9 +130,9 @@ def write_report(
             f"<td>{_esc(row['side'])}</td>",
             *(f'<td class="num">{_volume(row[k])}</td>' for k in ("total_mm3", "anterior_mm3", "posterior_mm3")),
             f'<td class="num">{_volume(row["total_norm_mm3"])}</td>',
-            f'<td class="num">{float(row["registration_quality"]):.2f}</td>' if _is_number(row["registration_quality"])
-            else "<td>-</td>",
+            f'<td class="num">{_fixed(row["registration_quality"], 2)}</td>',
             f'<td class="num">{_volume(row["etiv_mm3"])}</td>',
+            f'<td class="num">{_fixed(row["confidence"], 3)}</td>',
             f'<td{" class=flag" if row["flag"] else ""}>{_esc(row["flag"])}</td>',
             f'<td class="status-{row["status"]}">{_esc(status)}</td>',
         ]
@@ -208,6 +209,11 @@ def _is_number(value: object) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def _fixed(value: object, digits: int) -> str:
+    """Format a number with ``digits`` decimals; "-" when missing or not a number."""
+    return f"{float(value):.{digits}f}" if _is_number(value) else "-"
 
 
 def _volume(value: object) -> str:

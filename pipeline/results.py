@@ -31,6 +31,7 @@ __all__ = [
     "is_complete",
     "read_volumes_csv",
     "save_label_map",
+    "self_agreement",
     "side_volumes",
     "voxel_volume_mm3",
     "write_volumes_csv",
@@ -39,13 +40,15 @@ __all__ = [
 VOLUMES_CSV = "volumes.csv"
 VOLUME_COLUMNS = (
     "subject", "side", "mode", "total_mm3", "anterior_mm3", "posterior_mm3", "flag", "status", "reason",
-    "registration_quality", "etiv_mm3", "total_norm_mm3", "anterior_norm_mm3", "posterior_norm_mm3",
+    "registration_quality", "etiv_mm3", "total_norm_mm3", "anterior_norm_mm3", "posterior_norm_mm3", "confidence",
 )  # fmt: skip
-"""Columns of ``volumes.csv``; volumes in mm³ (empty for a failed scan). The last five are filled for registered
-whole brains (``registration_quality`` for ``mni`` scans too): see :meth:`Segmentation.volume_rows`."""
+"""Columns of ``volumes.csv``; volumes in mm³ (empty for a failed scan). ``registration_quality`` to
+``posterior_norm_mm3`` are filled for registered whole brains (``registration_quality`` for ``mni`` scans too),
+``confidence`` for every segmented side: see :meth:`Segmentation.volume_rows`."""
 _VOLUME_KEYS = ("total_mm3", "anterior_mm3", "posterior_mm3")
 _NUMBER_KEYS = (
     *_VOLUME_KEYS, "registration_quality", "etiv_mm3", "total_norm_mm3", "anterior_norm_mm3", "posterior_norm_mm3",
+    "confidence",
 )  # fmt: skip
 MODES = ("precropped", "registered", "mni")
 """``Segmentation.mode``: a hippocampus crop; a whole brain registered to MNI152 here; a whole brain given in MNI
@@ -57,13 +60,15 @@ class SideVolumes:
     """Hippocampal volumes of one side of a scan, mm³ (voxel count x voxel volume of the input affine).
 
     ``side`` is ``"left"``/``"right"`` (whole brain) or ``"unknown"`` (a hippocampus crop); ``found`` is
-    False when no hippocampus voxel was predicted.
+    False when no hippocampus voxel was predicted; ``confidence`` is the network's :func:`self_agreement` on this
+    side (NaN when not measured).
     """
 
     side: str
     total_mm3: float
     anterior_mm3: float
     posterior_mm3: float
+    confidence: float = float("nan")
 
     @property
     def found(self) -> bool:
@@ -128,7 +133,7 @@ class Segmentation:
                     for key in _VOLUME_KEYS}
             flag = "; ".join(f for f in (volume_flags(side.total_mm3), *self.warnings) if f)
             rows.append({"subject": self.subject, "mode": self.mode, **vars(side), "flag": flag, "status": "ok",
-                         "reason": "", **scan, **norm})
+                         "reason": "", **scan, **norm, "confidence": _number(side.confidence)})
         return rows  # fmt: skip
 
 
@@ -172,10 +177,27 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
-def side_volumes(side: str, labels: torch.Tensor, voxel_mm3: float) -> SideVolumes:
+def side_volumes(side: str, labels: torch.Tensor, voxel_mm3: float, confidence: float = float("nan")) -> SideVolumes:
     counts = np.bincount(labels.numpy().ravel(), minlength=3)
     anterior, posterior = float(counts[1]) * voxel_mm3, float(counts[2]) * voxel_mm3
-    return SideVolumes(side=side, total_mm3=anterior + posterior, anterior_mm3=anterior, posterior_mm3=posterior)
+    return SideVolumes(
+        side=side, total_mm3=anterior + posterior, anterior_mm3=anterior, posterior_mm3=posterior,
+        confidence=float(confidence),
+    )  # fmt: skip
+
+
+def self_agreement(foreground: torch.Tensor, mask: torch.Tensor) -> float:
+    """The network's confidence in one label map: the soft Dice of its hippocampus probability with its own map.
+
+    ``2 sum(p m) / (sum(p) + sum(m))`` for the per-voxel hippocampus probability ``p`` (1 - softmax of the
+    background) and the predicted hippocampus ``m`` (argmax, before the largest-component clean-up), on the ROI
+    grid: 1 when every voxel is certain, lower the more probability mass lies off the map or the map rests on
+    uncertain voxels. It ranks scans by how reliable their segmentation is (measured against the real Dice:
+    benchmarks/results/ensemble_confidence.md); it is not itself a Dice. NaN when both are empty.
+    """
+    p, m = foreground.float(), mask.float()
+    denominator = float(p.sum() + m.sum())
+    return 2.0 * float((p * m).sum()) / denominator if denominator > 0 else float("nan")
 
 
 def save_label_map(result: Segmentation, path: str | os.PathLike) -> Path:

@@ -127,7 +127,7 @@ def _qc_writer(qc_dir: Path, pictures: dict[str, Path]) -> Callable[[Segmentatio
     def write_qc(result: Segmentation, label_map: Path) -> None:
         # the label map's grid; an (X, Y, Z, 1) scan loads with its singleton axis
         image = np.asarray(scan_loader(IMAGE)({IMAGE: str(result.source)})[IMAGE]).reshape(result.label_map.shape)
-        volumes = {s.side: {k: getattr(s, k) for k in ("total_mm3", "anterior_mm3", "posterior_mm3")}
+        volumes = {s.side: {k: getattr(s, k) for k in ("total_mm3", "anterior_mm3", "posterior_mm3", "confidence")}
                    for s in result.sides}
         brain, heading = None, ""
         if result.mni_from_subject is not None:

@@ -67,6 +67,7 @@ from .results import (
     is_complete,
     read_volumes_csv,
     save_label_map,
+    self_agreement,
     side_volumes,
     voxel_volume_mm3,
     write_volumes_csv,
@@ -214,15 +215,15 @@ class Segmenter:
         samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
         scan = {key: samples[0].get(key) for key in _SCAN_KEYS}
         batch = list_data_collate([{k: v for k, v in sample.items() if k not in _SCAN_KEYS} for sample in samples])
-        batch[PRED] = self._predict(batch[IMAGE])
+        batch[PRED], confidence = self._predict(batch[IMAGE])
         inverted = [self.postprocessing(sample) for sample in decollate_batch(batch)]
         first = inverted[0][PRED]
         affine = np.asarray(first.meta.get("original_affine", first.affine), dtype=np.float64)
         voxel_mm3 = voxel_volume_mm3(affine)
         sides = []
-        for sample in inverted:
+        for sample, side_confidence in zip(inverted, confidence):
             labels = torch.as_tensor(sample[PRED]).round().to(torch.uint8)
-            sides.append(side_volumes(str(sample[SIDE]), labels, voxel_mm3))
+            sides.append(side_volumes(str(sample[SIDE]), labels, voxel_mm3, side_confidence))
             if not sides[-1].found:
                 logger.warning(
                     "%s: no hippocampus found (side %s) in %s; its label map is empty", subject, sides[-1].side, path
@@ -243,14 +244,18 @@ class Segmenter:
             mni_from_subject=_finite_or_none(scan[MNI_FROM_SUBJECT]),
         )  # fmt: skip
 
-    def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        """ROI batch ``(B, 1, X, Y, Z)`` -> label maps ``(B, 1, X, Y, Z)`` float32 (argmax of the logits), on CPU."""
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """ROI batch ``(B, 1, X, Y, Z)`` -> label maps ``(B, 1, X, Y, Z)`` float32 (argmax of the logits), on CPU, and
+        the :func:`~hippogan.pipeline.results.self_agreement` confidence of each map."""
         amp = self.amp and self.device.type == "cuda"
         autocast = torch.autocast(self.device.type, dtype=torch.float16) if amp else nullcontext()
         with torch.inference_mode(), autocast:
-            logits = self.inferer(torch.as_tensor(images).to(self.device), self._run_network)
-            labels = torch.as_tensor(logits).argmax(dim=1, keepdim=True).to("cpu", torch.float32)
-        return labels.clone()  # a normal tensor, usable outside inference mode
+            logits = torch.as_tensor(self.inferer(torch.as_tensor(images).to(self.device), self._run_network))
+            probabilities = logits.float().softmax(dim=1)
+            labels = probabilities.argmax(dim=1, keepdim=True)
+            confidence = [self_agreement(1.0 - p[0], l[0] > 0) for p, l in zip(probabilities, labels)]
+            labels = labels.to("cpu", torch.float32)
+        return labels.clone(), confidence  # a normal tensor, usable outside inference mode
 
     def run(
         self,

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.inputs import find_inputs
-from hippogan.pipeline.results import VOLUME_COLUMNS, VOLUMES_CSV
+from hippogan.pipeline.results import VOLUME_COLUMNS, VOLUMES_CSV, self_agreement
 from hippogan.pipeline.segmenter import EmptyPlaneSkipper, Segmenter, segmenter_from_bundle
 from hippogan.pipeline.weights import load_generator
 from hippogan.transforms import IMAGE, HippocampalROICrop, KeepLargestComponent, get_loading, get_preprocessing
@@ -285,3 +285,23 @@ def test_segmenter_from_bundle_needs_a_config(tmp_path):
     shutil.copytree(DEFAULT_BUNDLE / "configs", tmp_path / "configs", ignore=shutil.ignore_patterns("inference.yaml"))
     with pytest.raises(ValueError, match="inference.yaml not found"):
         segmenter_from_bundle(tmp_path)
+
+
+def test_self_agreement_ranks_certainty():
+    """1 for a crisp map; lower when probability mass lies off the map or the map rests on uncertain voxels."""
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[2:6, 2:6] = True
+    assert self_agreement(mask.float(), mask) == pytest.approx(1.0)
+    blurred = torch.as_tensor(ndimage.gaussian_filter(mask.numpy().astype(np.float32), 1.0))
+    halo = mask.float() * 0.9 + (~mask).float() * 0.05
+    assert 0.0 < self_agreement(blurred, mask) < self_agreement(halo, mask) < 1.0
+    assert np.isnan(self_agreement(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.bool)))
+
+
+def test_confidence_column_filled(msd_images, tmp_path):
+    """The shipped model on real crops: a confidence per row, in (0.9, 1] for MSD-like crops."""
+    shipped = segmenter_from_bundle(overrides={"device": "$torch.device('cpu')"})
+    summary = shipped.run(_datalist([(p.name.split(".")[0], p) for p in msd_images[:2]]), tmp_path, progress=False)
+    rows = _read_volumes(tmp_path)
+    assert len(rows) == 2 and not summary.failures
+    assert all(0.9 < float(row["confidence"]) <= 1.0 for row in rows)

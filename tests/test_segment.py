@@ -158,9 +158,9 @@ def test_demo_segments_the_mni152_whole_brain(tmp_path, bundle):
     x_world = nib.affines.apply_affine(pred.affine, found)[:, 0]  # mm, RAS: left hippocampus at x < 0
     for row, side in zip(rows, (found[x_world < 0], found[x_world >= 0])):
         check_row(row, labels[tuple(side.T)], pred.affine)
-    # nilearn's template (sym_09a) is left-right symmetric about x = 0 and so are the two ROI boxes (up to one
-    # voxel of rounding of the even-sized box on the odd-sized grid): the two sides get the same volume
-    assert rows[0]["total_mm3"] == rows[1]["total_mm3"]
+    # nilearn's template (sym_09a) is left-right symmetric about x = 0 and so are the two ROI boxes; registered to
+    # itself (mode auto) the boxes land within a fraction of a voxel: the two sides get nearly one volume
+    assert float(rows[0]["total_mm3"]) == pytest.approx(float(rows[1]["total_mm3"]), rel=0.05)
     n_sides = sum(float(r["total_mm3"]) > 0 for r in rows)
     check_png(out / QC_DIR / f"{DEMO_SUBJECT}.png", n_rows=max(n_sides, 1) + 1)  # + the registration row
     assert (out / REPORT_HTML).is_file()

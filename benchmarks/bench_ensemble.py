@@ -1,0 +1,213 @@
+"""Seed ensembles and the per-scan confidence, measured on the cross-validation (issue 14).
+
+Given ``hippogan cv`` runs of one recipe that differ only in their seed (the members; the same manifest and folds),
+for every fold k the fold's held-out scans are segmented by the members as one model (mean of their softmax
+probabilities; ``MeanProbability``) through the shipped bundle's inference chain, and scored like the CV
+(:func:`~hippogan.pipeline.evaluation.evaluate_files`: binary and per-class DSC, HD95 on each scan's own grid, with the
+largest-component clean-up). Per scan, three confidences:
+
+- ``single``: the first member's self-agreement (:func:`~hippogan.pipeline.results.self_agreement`, what
+  ``hippogan segment`` writes in ``volumes.csv``'s ``confidence`` for one model), read from the CV's own
+  ``predictions/volumes.csv``;
+- ``ensemble``: the self-agreement of the members' mean probabilities;
+- ``pairwise``: the mean pairwise Dice of the members' label maps (the CV's predictions).
+
+Reported: the lever (the ensemble against its first member and against the mean member: mean DSC difference,
+Wilcoxon signed-rank p over scans), seconds per scan, and for each confidence its Spearman rho with the binary DSC
+over all scans, and a flag rule chosen without the scored fold (flag a scan whose confidence lies below the 10th
+percentile of the other folds' scans): mean DSC of flagged and unflagged scans and how many of the worst 10% it
+flags.
+
+Run from the repository root after the CV runs, e.g.::
+
+    hippogan cv --dataset-dir DIR --output-dir runs/cv5_a --manifest M --config train_cpu.yaml --folds 5 max_epochs=10
+    hippogan cv ... --output-dir runs/cv5_b ... seed=1
+    python benchmarks/bench_ensemble.py --runs runs/cv5_a runs/cv5_b --manifest M --dataset-dir DIR \\
+        --out benchmarks/results/ensemble_confidence.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr, wilcoxon
+
+from hippogan.pipeline.crossval import CV_PER_CASE_CSV
+from hippogan.pipeline.evaluation import evaluate_files
+from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
+from hippogan.pipeline.results import VOLUMES_CSV, read_volumes_csv
+from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
+from hippogan.pipeline.train_cli import build_train_workflow
+
+__all__ = ["MeanProbability", "main"]
+
+logger = logging.getLogger("bench_ensemble")
+
+METRICS = ("dsc", "dsc_class1", "dsc_class2", "hd95")
+FLAG_QUANTILE = 0.10
+
+
+class MeanProbability(torch.nn.Module):
+    """Networks as one: ``log`` of the mean of their softmax probabilities (its softmax is that mean; its argmax the
+    ensemble's labels). ``(N, C, H, W)`` logits in, ``(N, C, H, W)`` out."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0).clamp_min(1e-12).log()
+
+
+def _member_segmenter(run: Path, fold: int):
+    checkpoint = run / f"fold_{fold}" / "checkpoints" / "best.pt"
+    if not checkpoint.is_file():
+        raise ValueError(f"{checkpoint} not found: is {run} a finished `hippogan cv` run of fold {fold}?")
+    overrides = {"ckpt_path": str(checkpoint), "mode": "precropped", "device": "$torch.device('cpu')"}
+    return segmenter_from_bundle(overrides=overrides)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> pd.DataFrame:
+    """Segment and score one fold with the members as one model; per scan, the three confidences."""
+    members = [_member_segmenter(run, fold) for run in runs]
+    first = members[0]
+    network = MeanProbability([m.network for m in members])
+    ensemble = Segmenter(network, preprocessing=first.preprocessing, postprocessing=first.postprocessing, device="cpu")
+    start = time.perf_counter()
+    written = ensemble.run(rows, out / f"fold_{fold}", progress=False)
+    seconds = (time.perf_counter() - start) / len(rows)
+    if written.failures:
+        raise ValueError(f"fold {fold}: segmentation failed for {written.failures}")
+    scored = pd.DataFrame(evaluate_files([{**r, "pred": written.label_maps[r[SUBJECT_ID]]} for r in rows]))
+    confidence = {row["subject"]: row["confidence"] for row in read_volumes_csv(written.volumes_csv)}
+    cv_table = read_volumes_csv(runs[0] / f"fold_{fold}" / "predictions" / VOLUMES_CSV)
+    single = {row["subject"]: row["confidence"] for row in cv_table}
+    pairwise = {}
+    for row in rows:
+        maps = [np.asarray(nib.load(run / f"fold_{fold}" / "predictions" / f"{row[SUBJECT_ID]}.nii.gz").dataobj) > 0
+                for run in runs]  # fmt: skip
+        pairwise[row[SUBJECT_ID]] = np.mean([_dice(a, b) for a, b in itertools.combinations(maps, 2)])
+    scored["ensemble_confidence"] = scored[SUBJECT_ID].map(confidence)
+    scored["single_confidence"] = scored[SUBJECT_ID].map(single)
+    scored["pairwise_confidence"] = scored[SUBJECT_ID].map(pairwise)
+    scored[FOLD] = fold
+    scored["seconds_per_scan"] = seconds
+    return scored
+
+
+def _flag_figures(table: pd.DataFrame, column: str) -> dict[str, float]:
+    """The flag rule chosen without the scored fold; Spearman rho over all scans."""
+    flagged = pd.Series(False, index=table.index)
+    for fold, cases in table.groupby(FOLD):
+        threshold = table.loc[table[FOLD] != fold, column].quantile(FLAG_QUANTILE)
+        flagged[cases.index] = cases[column] < threshold
+    worst = table["dsc"] <= table["dsc"].quantile(FLAG_QUANTILE)
+    rho, p = spearmanr(table[column], table["dsc"])
+    return {
+        "rho": rho, "p": p, "n_flagged": int(flagged.sum()), "dsc_flagged": table.loc[flagged, "dsc"].mean(),
+        "dsc_unflagged": table.loc[~flagged, "dsc"].mean(), "worst_flagged": int((flagged & worst).sum()),
+        "n_worst": int(worst.sum()),
+    }  # fmt: skip
+
+
+def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path], command: str) -> str:
+    lines = [
+        "# Seed ensembles and per-scan confidence on the cross-validation (issue 14)",
+        "",
+        f"Written by `{command}`. Members: {', '.join(str(r) for r in runs)} (one recipe, seeds differ). The module "
+        "docstring gives the method. Per-fold means; `mean` is the mean of the fold means; all on each scan's own "
+        "grid with the largest-component clean-up.",
+        "",
+        "| model | " + " | ".join(f"fold {k}" for k in sorted(table[FOLD].unique())) + " | mean binary DSC | anterior | "
+        "posterior | HD95 mm | s/scan |",
+        "|---|" + "---|" * (table[FOLD].nunique() + 5),
+    ]
+    rows = {f"member {i + 1}": m for i, m in enumerate(members)}
+    rows["ensemble"] = table
+    for name, frame in rows.items():
+        folds = frame.groupby(FOLD)["dsc"].mean()
+        seconds = f"{frame['seconds_per_scan'].mean():.3f}" if "seconds_per_scan" in frame else ""
+        lines.append(
+            f"| {name} | " + " | ".join(f"{v:.4f}" for v in folds) + f" | {folds.mean():.4f} | "
+            + " | ".join(f"{frame.groupby(FOLD)[m].mean().mean():.{2 if m == 'hd95' else 4}f}" for m in METRICS[1:])
+            + f" | {seconds} |"
+        )
+    lines += ["", "Ensemble against its members (paired over scans):", "", "| against | metric | mean difference | Wilcoxon p |",
+              "|---|---|---|---|"]  # fmt: skip
+    mean_member = pd.concat(members).groupby(SUBJECT_ID)[list(METRICS)].mean()
+    reference = {"member 1": members[0].set_index(SUBJECT_ID), "mean member": mean_member}
+    ens = table.set_index(SUBJECT_ID)
+    for name, ref in reference.items():
+        for metric in METRICS[:3]:
+            diff = ens[metric] - ref.loc[ens.index, metric]
+            lines.append(f"| {name} | {metric} | {diff.mean():+.4f} | {wilcoxon(diff).pvalue:.2g} |")
+    lines += [
+        "",
+        f"Confidence against the real binary DSC ({len(table)} held-out scans). Flag: confidence below the "
+        f"{100 * FLAG_QUANTILE:.0f}th percentile of the other folds' scans (no threshold fitted on the scored fold); "
+        f"worst: the {100 * FLAG_QUANTILE:.0f}% lowest DSC.",
+        "",
+        "| confidence | Spearman rho | p | flagged | DSC flagged | DSC unflagged | worst 10% flagged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for column in ("single_confidence", "ensemble_confidence", "pairwise_confidence"):
+        f = _flag_figures(table, column)
+        lines.append(
+            f"| {column.split('_')[0]} | {f['rho']:.3f} | {f['p']:.2g} | {f['n_flagged']} | {f['dsc_flagged']:.4f} "
+            f"| {f['dsc_unflagged']:.4f} | {f['worst_flagged']} of {f['n_worst']} |"
+        )
+    lines += ["", "Confidence deciles over all scans (single model): "
+              + ", ".join(f"{v:.4f}" for v in table["single_confidence"].quantile(np.linspace(0, 1, 11))), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="`hippogan cv` output folders (members)")
+    parser.add_argument("--manifest", type=Path, required=True, help="the manifest the runs were trained with")
+    parser.add_argument("--dataset-dir", type=Path, required=True)
+    parser.add_argument("--folds", type=int, nargs="+", help="folds to use (default: those of the first run)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_confidence.md"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    if len(args.runs) < 2:
+        raise ValueError("--runs: give at least two members")
+    members = [pd.read_csv(run / CV_PER_CASE_CSV, dtype={SUBJECT_ID: str}) for run in args.runs]
+    folds = args.folds or sorted(members[0][FOLD].unique())
+    workflow = build_train_workflow(args.dataset_dir, Path("runs/ensemble"), manifest=args.manifest)
+    datalist = workflow.parser.get_parsed_content("datalist")
+    tables = []
+    for fold in folds:
+        tables.append(_ensemble_fold(args.runs, fold, select_folds(datalist, folds=[fold]), Path("runs/ensemble")))
+        logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
+    table = pd.concat(tables, ignore_index=True)
+    members = [m[m[FOLD].isin(folds)] for m in members]
+    command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = _markdown(table, members, args.runs, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".md.tmp")
+    partial.write_text(text)
+    partial.replace(args.out)
+    table.to_csv(args.out.with_suffix(".csv"), index=False)
+    logger.info("%s\nwrote %s", text, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
