@@ -214,3 +214,13 @@ def test_whole_brain_dicom_series_takes_the_registration_path(segmenter, templat
     assert from_dicom.label_map.shape == array.shape
     for a, b in zip(from_nifti.sides, from_dicom.sides):
         assert a.side == b.side and b.total_mm3 == pytest.approx(a.total_mm3, rel=0.05)
+
+
+def test_field_of_view_cut_near_the_hippocampi_is_flagged(segmenter, template_seg, tmp_path):
+    """The template cut to its top 120 mm (89% of the hippocampal boxes inside): segmented, every side flagged."""
+    array, affine = simulate_acquisition(_known(), fov_z=120.0)
+    path = tmp_path / "fov120.nii"
+    nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
+    result = segmenter.segment(path)
+    assert any("hippocampi may be cut" in w for w in result.warnings)
+    assert all("hippocampi may be cut" in row["flag"] for row in result.volume_rows())

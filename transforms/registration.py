@@ -111,6 +111,12 @@ always register; ``mni``: already in MNI space, pass through (quality measured);
 MIN_QUALITY = 0.3
 """Registration quality (mean local NCC) below which a scan fails: good registrations of the skull-on native T1s
 score 0.53-0.55, the same scans 20 mm or 20° off about 0.1-0.25, noise about 0."""
+MIN_BOX_COVERAGE = 0.85
+"""Fraction of the hippocampal boxes that must lie in the scan's field of view, else the scan fails; below
+:data:`FULL_BOX_COVERAGE` it is flagged. The template cut to its top 120 mm has 89% of the boxes inside and loses 5% of
+its hippocampal volume (label maps: Dice 0.95 with the uncut template's); cut to 117 mm, 78%. The template scaled
+by 1.15 and cut to 150 mm has 96% inside and loses nothing."""
+FULL_BOX_COVERAGE = 0.95
 QUALITY_WARN = 0.45
 """Suggested level below which a registered scan is flagged for a look (5-10 mm or 10° off score about 0.3-0.45)."""
 REGISTRATION_QUALITY = "registration_quality"
@@ -681,7 +687,7 @@ class RegisterToTemplate(InvertibleTransform):
         mode: str = "auto",
         min_quality: float = MIN_QUALITY,
         scale_range: Sequence[float] = (0.5, 2.0),
-        min_box_coverage: float = 0.9,
+        min_box_coverage: float = MIN_BOX_COVERAGE,
         template: str | None = None,
         brain_mask: str | None = None,
         template_icv_mm3: float | None = None,
@@ -883,7 +889,8 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         mni_key: receives ``mni_from_subject`` (4x4 float64, subject world -> MNI mm; the identity in mode
             ``mni``; all NaN for a crop, so that samples still collate), e.g. for drawing the template's brain outline on the scan
             (:func:`brain_mask_on_grid`).
-        warnings_key: a quality below :data:`QUALITY_WARN` appends a warning here (the list
+        warnings_key: a quality below :data:`QUALITY_WARN` or a box coverage below :data:`FULL_BOX_COVERAGE` appends a
+            warning here (the list
             :class:`~hippogan.transforms.sanity.CheckScand` keeps; every side of the scan is then flagged).
         allow_missing_keys: do not raise when a key is absent.
 
@@ -897,7 +904,7 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         mode: str = "auto",
         min_quality: float = MIN_QUALITY,
         scale_range: Sequence[float] = (0.5, 2.0),
-        min_box_coverage: float = 0.9,
+        min_box_coverage: float = MIN_BOX_COVERAGE,
         template: str | None = None,
         brain_mask: str | None = None,
         template_icv_mm3: float | None = None,
@@ -941,6 +948,12 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         d[self.etiv_scale_key] = nan if result is None else float(result.etiv_scale)
         d[self.etiv_key] = nan if result is None else float(result.etiv_mm3)
         d[self.mni_key] = np.full((4, 4), nan) if result is None else np.asarray(result.mni_from_subject, np.float64)
+        if result is not None and result.box_coverage < FULL_BOX_COVERAGE:
+            d[self.warnings_key] = [
+                *d.get(self.warnings_key, []),
+                f"only {100 * result.box_coverage:.0f}% of the hippocampal boxes lie inside the field of view: "
+                "the hippocampi may be cut",
+            ]
         if result is not None and result.quality < QUALITY_WARN:
             aligned = "not aligned with the MNI152 template" if not result.registered else "poor registration"
             advice = "segment it with mode auto" if not result.registered else "check the brain outline in the QC picture"
