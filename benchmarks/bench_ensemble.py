@@ -41,8 +41,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr, wilcoxon
 
-from hippogan.pipeline.crossval import CV_PER_CASE_CSV
-from hippogan.pipeline.evaluation import evaluate_files
+from hippogan.pipeline.evaluation import PER_CASE_CSV, evaluate_files
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
 from hippogan.pipeline.results import VOLUMES_CSV, read_volumes_csv
 from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
@@ -74,6 +73,17 @@ def _member_segmenter(run: Path, fold: int):
         raise ValueError(f"{checkpoint} not found: is {run} a finished `hippogan cv` run of fold {fold}?")
     overrides = {"ckpt_path": str(checkpoint), "mode": "precropped", "device": "$torch.device('cpu')"}
     return segmenter_from_bundle(overrides=overrides)
+
+
+def _member_scores(run: Path, folds: list[int]) -> pd.DataFrame:
+    """A CV run's per-case scores of ``folds`` (each fold's ``evaluation/``, written as soon as the fold is done)."""
+    frames = []
+    for fold in folds:
+        path = run / f"fold_{fold}" / "evaluation" / PER_CASE_CSV
+        if not path.is_file():
+            raise ValueError(f"{path} not found: fold {fold} of {run} is not finished")
+        frames.append(pd.read_csv(path, dtype={SUBJECT_ID: str}).assign(**{FOLD: fold}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="`hippogan cv` output folders (members)")
     parser.add_argument("--manifest", type=Path, required=True, help="the manifest the runs were trained with")
     parser.add_argument("--dataset-dir", type=Path, required=True)
-    parser.add_argument("--folds", type=int, nargs="+", help="folds to use (default: those of the first run)")
+    parser.add_argument("--folds", type=int, nargs="+", help="folds to use (default: those the first run finished)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_confidence.md"))
     args = parser.parse_args(argv)
@@ -188,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if len(args.runs) < 2:
         raise ValueError("--runs: give at least two members")
-    members = [pd.read_csv(run / CV_PER_CASE_CSV, dtype={SUBJECT_ID: str}) for run in args.runs]
-    folds = args.folds or sorted(members[0][FOLD].unique())
+    folds = args.folds or sorted(int(p.parent.name.split("_")[1]) for p in args.runs[0].glob("fold_*/evaluation"))
+    members = [_member_scores(run, folds) for run in args.runs]
     workflow = build_train_workflow(args.dataset_dir, Path("runs/ensemble"), manifest=args.manifest)
     datalist = workflow.parser.get_parsed_content("datalist")
     tables = []
@@ -197,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(_ensemble_fold(args.runs, fold, select_folds(datalist, folds=[fold]), Path("runs/ensemble")))
         logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
     table = pd.concat(tables, ignore_index=True)
-    members = [m[m[FOLD].isin(folds)] for m in members]
     command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = _markdown(table, members, args.runs, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
