@@ -93,6 +93,7 @@ __all__ = [
     "REGISTRATION_KEYS",
     "RegistrationResult",
     "brain_mask_on_grid",
+    "registration_warnings",
     "load_template",
     "register_to_template",
     "resample_affine",
@@ -659,6 +660,23 @@ def simulate_acquisition(
     return moved * gain + offset, affine
 
 
+def registration_warnings(result: RegistrationResult) -> list[str]:
+    """What makes a registration (or an ``mni`` scan's alignment) doubtful: a quality below :data:`QUALITY_WARN`,
+    hippocampal boxes less than :data:`FULL_BOX_COVERAGE` inside the field of view. Empty when nothing is."""
+    warnings = []
+    if result.box_coverage < FULL_BOX_COVERAGE:
+        warnings.append(
+            f"only {100 * result.box_coverage:.0f}% of the hippocampal boxes lie inside the field of view: "
+            "the hippocampi may be cut"
+        )
+    if result.quality < QUALITY_WARN:
+        if result.registered:
+            problem, advice = "poor registration", "check the brain outline in the QC picture"
+        else:
+            problem, advice = "not aligned with the MNI152 template", "segment it with mode auto"
+        warnings.append(f"{problem}: quality {result.quality:.2f} below {QUALITY_WARN:.2f}; {advice}")
+    return warnings
+
 class RegisterToTemplate(InvertibleTransform):
     """Register a whole-brain T1 ``(C, X, Y, Z)`` to the MNI152 template and resample it onto the template grid.
 
@@ -948,19 +966,8 @@ class RegisterToTemplated(MapTransform, InvertibleTransform):
         d[self.etiv_scale_key] = nan if result is None else float(result.etiv_scale)
         d[self.etiv_key] = nan if result is None else float(result.etiv_mm3)
         d[self.mni_key] = np.full((4, 4), nan) if result is None else np.asarray(result.mni_from_subject, np.float64)
-        if result is not None and result.box_coverage < FULL_BOX_COVERAGE:
-            d[self.warnings_key] = [
-                *d.get(self.warnings_key, []),
-                f"only {100 * result.box_coverage:.0f}% of the hippocampal boxes lie inside the field of view: "
-                "the hippocampi may be cut",
-            ]
-        if result is not None and result.quality < QUALITY_WARN:
-            aligned = "not aligned with the MNI152 template" if not result.registered else "poor registration"
-            advice = "segment it with mode auto" if not result.registered else "check the brain outline in the QC picture"
-            d[self.warnings_key] = [
-                *d.get(self.warnings_key, []),
-                f"{aligned}: quality {result.quality:.2f} below {QUALITY_WARN:.2f}; {advice}",
-            ]
+        if result is not None:
+            d[self.warnings_key] = [*d.get(self.warnings_key, []), *registration_warnings(result)]
         self.registrar.last_result = result
         return d
 
