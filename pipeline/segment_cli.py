@@ -61,7 +61,7 @@ the input's grid and affine), one QC picture per scan (qc/<subject>.png: three p
 hippocampus, outlined, volumes printed; for a whole brain, a first row with the MNI152 brain outlined
 where the registration put it), volumes.csv (subject, side, mode, total_mm3, anterior_mm3,
 posterior_mm3, flag, status, reason, registration_quality, etiv_mm3, total_norm_mm3, anterior_norm_mm3,
-posterior_norm_mm3; mm³) and report.html (the table with QC thumbnails; one file, readable offline);
+posterior_norm_mm3, confidence; mm³) and report.html (the table with QC thumbnails; one file, readable offline);
 with --no-qc, the label maps and volumes.csv only. `hippogan infer` is this command.
 
 inputs: NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) files, folders of them, DICOM series folders
