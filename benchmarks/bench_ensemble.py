@@ -2,7 +2,7 @@
 
 Given ``hippogan cv`` runs of one recipe that differ only in their seed (the members; the same manifest and folds),
 for every fold k the fold's held-out scans are segmented by the members as one model (mean of their softmax
-probabilities; ``MeanProbability``) through the shipped bundle's inference chain, and scored like the CV
+probabilities: ``ckpt_path`` a list, a :class:`~hippogan.networks.ProbabilityEnsemble`) through the shipped bundle's inference chain, and scored like the CV
 (:func:`~hippogan.pipeline.evaluation.evaluate_files`: binary and per-class DSC, HD95 on each scan's own grid, with the
 largest-component clean-up). Per scan, three confidences:
 
@@ -44,35 +44,15 @@ from scipy.stats import spearmanr, wilcoxon
 from hippogan.pipeline.evaluation import PER_CASE_CSV, evaluate_files
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
 from hippogan.pipeline.results import VOLUMES_CSV, read_volumes_csv
-from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
+from hippogan.pipeline.segmenter import segmenter_from_bundle
 from hippogan.pipeline.train_cli import build_train_workflow
 
-__all__ = ["MeanProbability", "main"]
+__all__ = ["main"]
 
 logger = logging.getLogger("bench_ensemble")
 
 METRICS = ("dsc", "dsc_class1", "dsc_class2", "hd95")
 FLAG_QUANTILE = 0.10
-
-
-class MeanProbability(torch.nn.Module):
-    """Networks as one: ``log`` of the mean of their softmax probabilities (its softmax is that mean; its argmax the
-    ensemble's labels). ``(N, C, H, W)`` logits in, ``(N, C, H, W)`` out."""
-
-    def __init__(self, members: list[torch.nn.Module]) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0).clamp_min(1e-12).log()
-
-
-def _member_segmenter(run: Path, fold: int):
-    checkpoint = run / f"fold_{fold}" / "checkpoints" / "best.pt"
-    if not checkpoint.is_file():
-        raise ValueError(f"{checkpoint} not found: is {run} a finished `hippogan cv` run of fold {fold}?")
-    overrides = {"ckpt_path": str(checkpoint), "mode": "precropped", "device": "$torch.device('cpu')"}
-    return segmenter_from_bundle(overrides=overrides)
 
 
 def _member_scores(run: Path, folds: list[int]) -> pd.DataFrame:
@@ -92,10 +72,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> pd.DataFrame:
     """Segment and score one fold with the members as one model; per scan, the three confidences."""
-    members = [_member_segmenter(run, fold) for run in runs]
-    first = members[0]
-    network = MeanProbability([m.network for m in members])
-    ensemble = Segmenter(network, preprocessing=first.preprocessing, postprocessing=first.postprocessing, device="cpu")
+    checkpoints = [run / f"fold_{fold}" / "checkpoints" / "best.pt" for run in runs]
+    missing = [str(c) for c in checkpoints if not c.is_file()]
+    if missing:
+        raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
+    overrides = {"ckpt_path": [str(c) for c in checkpoints], "mode": "precropped", "device": "$torch.device('cpu')"}
+    ensemble = segmenter_from_bundle(overrides=overrides)  # the members as one ProbabilityEnsemble
     start = time.perf_counter()
     written = ensemble.run(rows, out / f"fold_{fold}", progress=False)
     seconds = (time.perf_counter() - start) / len(rows)

@@ -3,6 +3,7 @@
 - :class:`ResSEGenerator`: ResNet34 encoder + SE/Inception decoder; ``(B, Cin, *S) -> (B, Cout, *S)`` logits.
 - :class:`SegDiscriminator`: conditional discriminator; ``cat(image, label map)`` -> ``(B, 1)`` logits.
 - :data:`ABLATION_VARIANTS`: generator kwargs of the paper's Table 1 rows.
+- :class:`ProbabilityEnsemble`: several trained networks as one (mean class probability).
 
 A generator is any ``nn.Module`` mapping ``(B, Cin, H, W[, D])`` to ``(B, Cout, H, W[, D])`` logits, so
 MONAI's ``UNet`` and ``AttentionUnet`` (the paper's Table 2) plug in unchanged. ``networks/README.md``
@@ -14,6 +15,7 @@ from __future__ import annotations
 from .blocks import FactorizedInception, PlainBlock, SEDecoderBlock, factorized_kernels
 from .discriminator import SegDiscriminator
 from .encoders import ENCODER_BLOCKS, ResNetFeatureEncoder
+from .ensemble import ProbabilityEnsemble
 from .generator import ABLATION_VARIANTS, ResSEGenerator
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ENCODER_BLOCKS",
     "FactorizedInception",
     "PlainBlock",
+    "ProbabilityEnsemble",
     "ResNetFeatureEncoder",
     "ResSEGenerator",
     "SEDecoderBlock",

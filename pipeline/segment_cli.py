@@ -112,8 +112,8 @@ def write_demo_input(out_dir: str | Path) -> Path:
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """Config ids of ``inference.yaml`` to override (``auto`` keeps the config's device: CUDA when available)."""
     overrides: dict[str, object] = {"mode": args.mode, "lcc": not args.no_lcc}
-    if args.model is not None:
-        overrides["ckpt_path"] = str(args.model)
+    if args.model:
+        overrides["ckpt_path"] = str(args.model[0]) if len(args.model) == 1 else [str(m) for m in args.model]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu or auto.")
     if args.device != "auto":
@@ -226,7 +226,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     parser.add_argument("--demo", action="store_true", help="segment nilearn's MNI152 whole-brain T1 template")
-    parser.add_argument("--model", type=Path, help="generator weights (default: the bundle's models/model.pt)")
+    parser.add_argument(
+        "--model", type=Path, action="append", metavar="WEIGHTS",
+        help="generator weights (default: the bundle's models/model.pt); repeated (--model a.pt --model b.pt): one "
+        "model of their mean probability (an ensemble: slower; its confidence includes the members' disagreement)",
+    )  # fmt: skip
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="where the network runs (default: auto, CUDA when available)"
     )

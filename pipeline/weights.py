@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+
+from hippogan.networks import ProbabilityEnsemble
 
 from .checkpoint import atomic_save
 
@@ -16,7 +19,7 @@ __all__ = ["load_generator", "save_fp16_weights"]
 
 
 def load_generator(
-    weights: str | os.PathLike,
+    weights: str | os.PathLike | Sequence[str | os.PathLike],
     network: torch.nn.Module | Mapping[str, Any],
     device: str | torch.device | None = None,
 ) -> torch.nn.Module:
@@ -24,21 +27,31 @@ def load_generator(
 
     Args:
         weights: a ``torch.save`` of the generator's state dict (fp16 or fp32, read with
-            ``weights_only=True``), or a trainer checkpoint holding it under ``"g_network"``.
+            ``weights_only=True``), or a trainer checkpoint holding it under ``"g_network"``; several files: one
+            generator each, averaged as a :class:`~hippogan.networks.ProbabilityEnsemble`.
         network: the module, or its config (``{"_target_": "hippogan.networks.ResSEGenerator", ...}``,
-            the bundle's ``network_def``).
+            the bundle's ``network_def``); copied for each further file.
         device: target device (default CPU).
 
     Raises:
-        FileNotFoundError: ``weights`` does not exist.
+        FileNotFoundError: a weights file does not exist.
         ValueError: the file is not a readable state dict, its keys or shapes do not fit the network (the
             message names the file and the first differing keys), or it holds NaN or infinite values.
     """
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
     if isinstance(network, Mapping):
         network = ConfigParser({"network": dict(network)}).get_parsed_content("network")
+    paths = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
+    if not paths:
+        raise ValueError("load_generator: no weights file given.")
+    members = [_load_weights(Path(path), network if i == 0 else copy.deepcopy(network)) for i, path in enumerate(paths)]
+    model = members[0] if len(members) == 1 else ProbabilityEnsemble(members)
+    return model.float().to(torch.device("cpu") if device is None else device).eval()
+
+
+def _load_weights(path: Path, network: torch.nn.Module) -> torch.nn.Module:
+    """Load the state dict in ``path`` into ``network`` after the checks of :func:`load_generator`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a file that is not a weights_only pickle
@@ -58,7 +71,7 @@ def load_generator(
             "the file is corrupt or comes from a diverged training."
         )
     network.load_state_dict(state)  # copies into the module's float32 parameters
-    return network.float().to(torch.device("cpu") if device is None else device).eval()
+    return network
 
 
 def _check_state_dict(path: Path, network: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:

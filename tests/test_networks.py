@@ -272,3 +272,18 @@ def test_generator_rejects_wrong_input_rank() -> None:
 def test_discriminator_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SegDiscriminator(**kwargs)
+
+
+def test_probability_ensemble_is_the_mean_probability():
+    from hippogan.networks import ProbabilityEnsemble
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv2d(1, 3, 3, padding=1) for _ in range(3)]
+    x = torch.randn(2, 1, 8, 8)
+    out = ProbabilityEnsemble(members)(x)
+    expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    assert out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out.softmax(1), expected)
+    torch.testing.assert_close(ProbabilityEnsemble(members[:1])(x).softmax(1), members[0](x).softmax(1))
+    with pytest.raises(ValueError, match="at least one member"):
+        ProbabilityEnsemble([])

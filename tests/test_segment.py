@@ -204,3 +204,15 @@ def test_bad_arguments_exit_2(bundle, msd_dir, tmp_path, caplog, args, match):
     args = [a.format(image=image, garbage=garbage) for a in args]
     assert cli_main(["segment", *args, "--out", str(tmp_path / "out"), "--bundle", str(bundle)]) == 2
     assert match in caplog.text
+
+
+def test_two_models_segment_as_one_ensemble(bundle, msd_dir, tmp_path):
+    """``--model a --model b``: one model of the mean probability; its label map and confidence differ from a's."""
+    image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    a = save_random_weights(tmp_path / "a.pt", bundle=bundle, seed=1)
+    b = save_random_weights(tmp_path / "b.pt", bundle=bundle, seed=2)
+    common = ("--no-qc", "--mode", "precropped")
+    assert segment(image, "--out", tmp_path / "a", "--model", a, *common, bundle=bundle) == 0
+    assert segment(image, "--out", tmp_path / "ab", "--model", a, "--model", b, *common, bundle=bundle) == 0
+    single, ensemble = read_volumes(tmp_path / "a")[0], read_volumes(tmp_path / "ab")[0]
+    assert ensemble["status"] == "ok" and ensemble["confidence"] != single["confidence"]
