@@ -2,7 +2,8 @@
 
 Given ``hippogan cv`` runs of one recipe that differ only in their seed (the members; the same manifest and folds),
 for every fold k the fold's held-out scans are segmented by the members as one model (mean of their softmax
-probabilities: ``ckpt_path`` a list, a :class:`~hippogan.networks.ProbabilityEnsemble`) through the shipped bundle's inference chain, and scored like the CV
+probabilities: ``ckpt_path`` a list, a :class:`~hippogan.networks.ProbabilityEnsemble`) through the shipped
+bundle's inference chain, and scored like the CV
 (:func:`~hippogan.pipeline.evaluation.evaluate_files`: binary and per-class DSC, HD95 on each scan's own grid, with the
 largest-component clean-up). Per scan, three confidences:
 
@@ -100,17 +101,17 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> 
     return scored
 
 
-def _flag_figures(table: pd.DataFrame, column: str) -> dict[str, float]:
-    """The flag rule chosen without the scored fold; Spearman rho over all scans."""
+def _flag_figures(table: pd.DataFrame, column: str, dsc: str) -> dict[str, float]:
+    """The flag rule chosen without the scored fold, against the DSC column ``dsc``; Spearman rho over all scans."""
     flagged = pd.Series(False, index=table.index)
     for fold, cases in table.groupby(FOLD):
         threshold = table.loc[table[FOLD] != fold, column].quantile(FLAG_QUANTILE)
         flagged[cases.index] = cases[column] < threshold
-    worst = table["dsc"] <= table["dsc"].quantile(FLAG_QUANTILE)
-    rho, p = spearmanr(table[column], table["dsc"])
+    worst = table[dsc] <= table[dsc].quantile(FLAG_QUANTILE)
+    rho, p = spearmanr(table[column], table[dsc])
     return {
-        "rho": rho, "p": p, "n_flagged": int(flagged.sum()), "dsc_flagged": table.loc[flagged, "dsc"].mean(),
-        "dsc_unflagged": table.loc[~flagged, "dsc"].mean(), "worst_flagged": int((flagged & worst).sum()),
+        "rho": rho, "p": p, "n_flagged": int(flagged.sum()), "dsc_flagged": table.loc[flagged, dsc].mean(),
+        "dsc_unflagged": table.loc[~flagged, dsc].mean(), "worst_flagged": int((flagged & worst).sum()),
         "n_worst": int(worst.sum()),
     }  # fmt: skip
 
@@ -137,8 +138,8 @@ def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path]
             + " | ".join(f"{frame.groupby(FOLD)[m].mean().mean():.{2 if m == 'hd95' else 4}f}" for m in METRICS[1:])
             + f" | {seconds} |"
         )
-    lines += ["", "Ensemble against its members (paired over scans):", "", "| against | metric | mean difference | Wilcoxon p |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Ensemble against its members (paired over scans):", "",
+              "| against | metric | mean difference | Wilcoxon p |", "|---|---|---|---|"]  # fmt: skip
     mean_member = pd.concat(members).groupby(SUBJECT_ID)[list(METRICS)].mean()
     reference = {"member 1": members[0].set_index(SUBJECT_ID), "mean member": mean_member}
     ens = table.set_index(SUBJECT_ID)
@@ -148,17 +149,21 @@ def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path]
             lines.append(f"| {name} | {metric} | {diff.mean():+.4f} | {wilcoxon(diff).pvalue:.2g} |")
     lines += [
         "",
-        f"Confidence against the real binary DSC ({len(table)} held-out scans). Flag: confidence below the "
+        f"Confidence against the real binary DSC ({len(table)} held-out scans; single: member 1's own confidence and "
+        "DSC, the others the ensemble's). Flag: confidence below the "
         f"{100 * FLAG_QUANTILE:.0f}th percentile of the other folds' scans (no threshold fitted on the scored fold); "
         f"worst: the {100 * FLAG_QUANTILE:.0f}% lowest DSC.",
         "",
         "| confidence | Spearman rho | p | flagged | DSC flagged | DSC unflagged | worst 10% flagged |",
         "|---|---|---|---|---|---|---|",
     ]
-    for column in ("single_confidence", "ensemble_confidence", "pairwise_confidence"):
-        f = _flag_figures(table, column)
+    table = table.assign(member_dsc=table[SUBJECT_ID].map(members[0].set_index(SUBJECT_ID)["dsc"]))
+    confidences = {"single (member 1)": ("single_confidence", "member_dsc"),
+                   "ensemble": ("ensemble_confidence", "dsc"), "pairwise (ensemble)": ("pairwise_confidence", "dsc")}
+    for name, (column, dsc) in confidences.items():
+        f = _flag_figures(table, column, dsc)
         lines.append(
-            f"| {column.split('_')[0]} | {f['rho']:.3f} | {f['p']:.2g} | {f['n_flagged']} | {f['dsc_flagged']:.4f} "
+            f"| {name} | {f['rho']:.3f} | {f['p']:.2g} | {f['n_flagged']} | {f['dsc_flagged']:.4f} "
             f"| {f['dsc_unflagged']:.4f} | {f['worst_flagged']} of {f['n_worst']} |"
         )
     lines += ["", "Confidence deciles over all scans (single model): "
