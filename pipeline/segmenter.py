@@ -41,7 +41,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hippogan.transforms.chains import get_postprocessing, get_preprocessing
+from hippogan.transforms.chains import get_postprocessing
 from hippogan.transforms.keys import IMAGE, PRED, SIDE, UNKNOWN_SIDE
 from hippogan.transforms.loading import scan_stem
 from hippogan.transforms.registration import (
@@ -73,7 +73,7 @@ from .results import (
     write_volumes_csv,
 )
 
-__all__ = ["EmptyPlaneSkipper", "Segmenter", "segmenter_from_bundle"]
+__all__ = ["EmptyPlaneSkipper", "Segmenter", "bundle_preprocessing", "segmenter_from_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Segmenter:
         network: the 2D generator, ``(N, 1, 64, 64) -> (N, 3, 64, 64)`` logits (background, anterior,
             posterior), e.g. from :func:`~hippogan.pipeline.weights.load_generator`; put in eval mode here.
         preprocessing: ``{"image": path}`` -> one ROI sample or a list of them (default
-            :func:`~hippogan.transforms.chains.get_preprocessing` with ``mode="auto"``, no label).
+            :func:`bundle_preprocessing`, the shipped bundle's: whole brains registered, crops as they are).
         postprocessing: one decollated sample whose ``"pred"`` is a ``(1, *roi_size)`` label map -> the map on
             the input grid (default :func:`~hippogan.transforms.chains.get_postprocessing` of ``preprocessing``
             without argmax, with the largest-component clean-up).
@@ -182,7 +182,7 @@ class Segmenter:
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
         self.amp = amp
-        self.preprocessing = get_preprocessing(mode="auto", with_label=False) if preprocessing is None else preprocessing
+        self.preprocessing = bundle_preprocessing() if preprocessing is None else preprocessing
         if postprocessing is None:
             if not isinstance(self.preprocessing, Compose):
                 raise ValueError("Segmenter: give postprocessing when preprocessing is not a Compose to invert.")
@@ -349,6 +349,14 @@ def _finite_or_none(matrix: Any) -> np.ndarray | None:
         return None
     matrix = np.asarray(matrix, dtype=np.float64)
     return matrix if np.all(np.isfinite(matrix)) else None
+
+
+def bundle_preprocessing(bundle_root: str | os.PathLike | None = None, mode: str = "auto") -> Compose:
+    """The ``preprocessing`` of a bundle's ``configs/inference.yaml`` (default the shipped bundle), for ``mode``."""
+    parser = ConfigParser()
+    parser.read_config(str(Path(DEFAULT_BUNDLE if bundle_root is None else bundle_root) / "configs" / "inference.yaml"))
+    parser.update({"mode": mode})
+    return parser.get_parsed_content("preprocessing")
 
 
 def _subject(dataset: Dataset, index: int) -> str:
