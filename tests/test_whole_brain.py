@@ -224,3 +224,21 @@ def test_field_of_view_cut_near_the_hippocampi_is_flagged(segmenter, template_se
     result = segmenter.segment(path)
     assert any("hippocampi may be cut" in w for w in result.warnings)
     assert all("hippocampi may be cut" in row["flag"] for row in result.volume_rows())
+
+
+def test_freesurfer_conformed_copy_matches_the_native_scan(segmenter, tmp_path):
+    """chris_t1 as FreeSurfer stores a subject (conformed: 256³, 1 mm, LIA, uint8, .mgz): registered, both sides within
+    5% of the native scan's volumes."""
+    from nibabel.processing import conform
+
+    path = WHOLE_BRAIN_DIR / "chris_t1.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"shared data absent: {path}")
+    conformed = conform(nib.load(path), out_shape=(256, 256, 256), voxel_size=(1.0, 1.0, 1.0), orientation="LIA")
+    mgz = tmp_path / "chris_conformed.mgz"
+    nib.save(nib.MGHImage(np.asarray(conformed.dataobj).astype(np.uint8), conformed.affine), mgz)
+    native, freesurfer = segmenter.segment(path), segmenter.segment(mgz)
+    assert freesurfer.mode == "registered" and not freesurfer.warnings
+    assert freesurfer.label_map.shape == (256, 256, 256)
+    for a, b in zip(native.sides, freesurfer.sides):
+        assert a.side == b.side and b.total_mm3 == pytest.approx(a.total_mm3, rel=0.05)
