@@ -14,7 +14,8 @@ largest-component clean-up). Per scan, three confidences:
 - ``pairwise``: the mean pairwise Dice of the members' label maps (the CV's predictions).
 
 Reported: the lever (the ensemble against its first member and against the mean member: mean DSC difference,
-Wilcoxon signed-rank p over scans), seconds per scan, and for each confidence its Spearman rho with the binary DSC
+Wilcoxon signed-rank p over scans), seconds per scan (``Segmenter.run`` over the fold, label maps and
+``volumes.csv`` written; the first member alone and the ensemble, one after the other), and for each confidence its Spearman rho with the binary DSC
 over all scans, and a flag rule chosen without the scored fold (flag a scan whose confidence lies below the 10th
 percentile of the other folds' scans): mean DSC of flagged and unflagged scans and how many of the worst 10% it
 flags.
@@ -77,8 +78,12 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> 
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
-    overrides = {"ckpt_path": [str(c) for c in checkpoints], "mode": "precropped", "device": "$torch.device('cpu')"}
-    ensemble = segmenter_from_bundle(overrides=overrides)  # the members as one ProbabilityEnsemble
+    overrides = {"mode": "precropped", "device": "$torch.device('cpu')"}
+    single = segmenter_from_bundle(overrides={**overrides, "ckpt_path": str(checkpoints[0])})
+    start = time.perf_counter()
+    single.run(rows, out / f"fold_{fold}_member1", progress=False)  # timed side by side with the ensemble
+    single_seconds = (time.perf_counter() - start) / len(rows)
+    ensemble = segmenter_from_bundle(overrides={**overrides, "ckpt_path": [str(c) for c in checkpoints]})
     start = time.perf_counter()
     written = ensemble.run(rows, out / f"fold_{fold}", progress=False)
     seconds = (time.perf_counter() - start) / len(rows)
@@ -87,17 +92,18 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> 
     scored = pd.DataFrame(evaluate_files([{**r, "pred": written.label_maps[r[SUBJECT_ID]]} for r in rows]))
     confidence = {row["subject"]: row["confidence"] for row in read_volumes_csv(written.volumes_csv)}
     cv_table = read_volumes_csv(runs[0] / f"fold_{fold}" / "predictions" / VOLUMES_CSV)
-    single = {row["subject"]: row["confidence"] for row in cv_table}
+    single_confidence = {row["subject"]: row["confidence"] for row in cv_table}
     pairwise = {}
     for row in rows:
         maps = [np.asarray(nib.load(run / f"fold_{fold}" / "predictions" / f"{row[SUBJECT_ID]}.nii.gz").dataobj) > 0
                 for run in runs]  # fmt: skip
         pairwise[row[SUBJECT_ID]] = np.mean([_dice(a, b) for a, b in itertools.combinations(maps, 2)])
     scored["ensemble_confidence"] = scored[SUBJECT_ID].map(confidence)
-    scored["single_confidence"] = scored[SUBJECT_ID].map(single)
+    scored["single_confidence"] = scored[SUBJECT_ID].map(single_confidence)
     scored["pairwise_confidence"] = scored[SUBJECT_ID].map(pairwise)
     scored[FOLD] = fold
     scored["seconds_per_scan"] = seconds
+    scored["member1_seconds_per_scan"] = single_seconds
     return scored
 
 
@@ -133,6 +139,8 @@ def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path]
     for name, frame in rows.items():
         folds = frame.groupby(FOLD)["dsc"].mean()
         seconds = f"{frame['seconds_per_scan'].mean():.3f}" if "seconds_per_scan" in frame else ""
+        if name == "member 1":
+            seconds = f"{table['member1_seconds_per_scan'].mean():.3f}"
         lines.append(
             f"| {name} | " + " | ".join(f"{v:.4f}" for v in folds) + f" | {folds.mean():.4f} | "
             + " | ".join(f"{frame.groupby(FOLD)[m].mean().mean():.{2 if m == 'hd95' else 4}f}" for m in METRICS[1:])
