@@ -11,7 +11,8 @@ largest-component clean-up). Per scan, three confidences:
   ``hippogan segment`` writes in ``volumes.csv``'s ``confidence`` for one model), read from the CV's own
   ``predictions/volumes.csv``;
 - ``ensemble``: the self-agreement of the members' mean probabilities;
-- ``pairwise``: the mean pairwise Dice of the members' label maps (the CV's predictions).
+- ``pairwise``: the mean pairwise Dice of the members' label maps (the CV's predictions);
+- as a baseline, the first member's predicted volume (a larger structure scores a higher Dice).
 
 Reported: the lever (the ensemble against its first member and against the mean member: mean DSC difference,
 Wilcoxon signed-rank p over scans), seconds per scan (``Segmenter.run`` over the fold, label maps and
@@ -93,6 +94,7 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> 
     confidence = {row["subject"]: row["confidence"] for row in read_volumes_csv(written.volumes_csv)}
     cv_table = read_volumes_csv(runs[0] / f"fold_{fold}" / "predictions" / VOLUMES_CSV)
     single_confidence = {row["subject"]: row["confidence"] for row in cv_table}
+    single_volume = {row["subject"]: row["total_mm3"] for row in cv_table}
     pairwise = {}
     for row in rows:
         maps = [np.asarray(nib.load(run / f"fold_{fold}" / "predictions" / f"{row[SUBJECT_ID]}.nii.gz").dataobj) > 0
@@ -100,6 +102,7 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> 
         pairwise[row[SUBJECT_ID]] = np.mean([_dice(a, b) for a, b in itertools.combinations(maps, 2)])
     scored["ensemble_confidence"] = scored[SUBJECT_ID].map(confidence)
     scored["single_confidence"] = scored[SUBJECT_ID].map(single_confidence)
+    scored["single_volume"] = scored[SUBJECT_ID].map(single_volume)
     scored["pairwise_confidence"] = scored[SUBJECT_ID].map(pairwise)
     scored[FOLD] = fold
     scored["seconds_per_scan"] = seconds
@@ -158,7 +161,8 @@ def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path]
     lines += [
         "",
         f"Confidence against the real binary DSC ({len(table)} held-out scans; single: member 1's own confidence and "
-        "DSC, the others the ensemble's). Flag: confidence below the "
+        "DSC, the others the ensemble's; the baseline row ranks scans by their predicted hippocampal volume alone, "
+        "since larger structures score higher Dice). Flag: confidence below the "
         f"{100 * FLAG_QUANTILE:.0f}th percentile of the other folds' scans (no threshold fitted on the scored fold); "
         f"worst: the {100 * FLAG_QUANTILE:.0f}% lowest DSC.",
         "",
@@ -167,7 +171,8 @@ def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path]
     ]
     table = table.assign(member_dsc=table[SUBJECT_ID].map(members[0].set_index(SUBJECT_ID)["dsc"]))
     confidences = {"single (member 1)": ("single_confidence", "member_dsc"),
-                   "ensemble": ("ensemble_confidence", "dsc"), "pairwise (ensemble)": ("pairwise_confidence", "dsc")}
+                   "ensemble": ("ensemble_confidence", "dsc"), "pairwise (ensemble)": ("pairwise_confidence", "dsc"),
+                   "baseline: predicted volume (member 1)": ("single_volume", "member_dsc")}
     for name, (column, dsc) in confidences.items():
         f = _flag_figures(table, column, dsc)
         lines.append(
