@@ -112,6 +112,8 @@ def write_demo_input(out_dir: str | Path) -> Path:
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """Config ids of ``inference.yaml`` to override (``auto`` keeps the config's device: CUDA when available)."""
     overrides: dict[str, object] = {"mode": args.mode, "lcc": not args.no_lcc}
+    if args.single_model:
+        overrides["ensemble"] = False
     if args.model:
         overrides["ckpt_path"] = str(args.model[0]) if len(args.model) == 1 else [str(m) for m in args.model]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -239,6 +241,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="auto: register whole brains to MNI152, crops as they are (default); mni: whole brains already in "
         "MNI space; precropped: hippocampus crops",
     )  # fmt: skip
+    parser.add_argument(
+        "--single-model", action="store_true",
+        help="run the first of the bundle's ensemble members alone: about half the network time, slightly lower Dice",
+    )
     parser.add_argument(
         "--no-lcc", action="store_true", help="keep every connected component (default: the largest per side)"
     )

@@ -63,7 +63,8 @@ def save_random_weights(
 
 
 def narrow_bundle(root: str | Path, overrides: Mapping[str, Any] | None = None) -> Path:
-    """Copy the bundle to ``root`` with :data:`NARROW` widths and random ``models/model.pt`` of those widths.
+    """Copy the bundle to ``root`` with :data:`NARROW` widths and random weights of those widths (every file of
+    ``ckpt_paths``).
 
     The copy's ``configs/inference.yaml`` is rewritten with the overrides applied (comments are lost), so any
     tool that reads the bundle (``monai.bundle run``, ``hippogan infer``/``segment --bundle``) gets the narrow
@@ -81,7 +82,9 @@ def narrow_bundle(root: str | Path, overrides: Mapping[str, Any] | None = None) 
     parser.update({**NARROW, **dict(overrides or {})})
     ConfigParser.export_config_file(parser.get(), config, fmt="yaml", sort_keys=False)
     (root / "models").mkdir(exist_ok=True)
-    save_random_weights(root / "models" / "model.pt", bundle=root)
+    parser.update({"bundle_root": str(root)})
+    for seed, path in enumerate(parser.get_parsed_content("ckpt_paths")):  # every ensemble member
+        save_random_weights(path, bundle=root, seed=seed)
     return root
 
 

@@ -35,6 +35,7 @@ SHIPPED = (
     "configs/*.csv",
     "docs/*.md",
     "models/model.pt",
+    "models/model_seed1.pt",
 )
 """The bundle's files that the wheel must carry (as ``setup.cfg``'s package_data), relative to the bundle."""
 PATH_KEYS = ("dataset_dir", "manifest", "input", "output_dir", "ckpt_path", "ckpt_dir")
@@ -133,8 +134,9 @@ def test_copied_bundle_defaults_stay_inside(bundle_copy: Path, configs: list[str
     keys = [key for key in PATH_KEYS if key in parser]
     assert "dataset_dir" in keys and "output_dir" in keys
     for key in keys:
-        path = Path(parser.get_parsed_content(key)).resolve()
-        assert path.is_relative_to(bundle_copy.resolve()), f"{'+'.join(configs)}: {key} = {path}"
+        value = parser.get_parsed_content(key)
+        for path in value if isinstance(value, list) else [value]:  # ckpt_path: the ensemble's files
+            assert Path(path).resolve().is_relative_to(bundle_copy.resolve()), f"{'+'.join(configs)}: {key} = {path}"
 
 
 @pytest.mark.shared_data

@@ -216,3 +216,16 @@ def test_two_models_segment_as_one_ensemble(bundle, msd_dir, tmp_path):
     assert segment(image, "--out", tmp_path / "ab", "--model", a, "--model", b, *common, bundle=bundle) == 0
     single, ensemble = read_volumes(tmp_path / "a")[0], read_volumes(tmp_path / "ab")[0]
     assert ensemble["status"] == "ok" and ensemble["confidence"] != single["confidence"]
+
+
+def test_single_model_runs_the_first_member_alone(bundle, msd_dir, tmp_path):
+    """``--single-model`` = ``--model <bundle>/models/model.pt``: the shipped ensemble's first member."""
+    image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    common = ("--no-qc", "--mode", "precropped")
+    assert segment(image, "--out", tmp_path / "one", "--single-model", *common, bundle=bundle) == 0
+    first = bundle / "models" / "model.pt"
+    assert segment(image, "--out", tmp_path / "first", "--model", first, *common, bundle=bundle) == 0
+    assert segment(image, "--out", tmp_path / "both", *common, bundle=bundle) == 0
+    one, by_path, both = (read_volumes(tmp_path / name)[0] for name in ("one", "first", "both"))
+    assert one["confidence"] == by_path["confidence"] and one["total_mm3"] == by_path["total_mm3"]
+    assert both["confidence"] != one["confidence"]
