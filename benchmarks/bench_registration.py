@@ -63,6 +63,7 @@ from hippogan.transforms import (
 )
 from hippogan.transforms.registration import (
     RegisterToTemplate,
+    known_transform,
     load_template,
     register_to_template,
     resample_affine,
@@ -94,17 +95,10 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _known(rotation_deg, shift_mm, scale) -> np.ndarray:
-    known = np.eye(4)
-    known[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scale)
-    known[:3, 3] = shift_mm
-    return known
-
-
 def _moved_template(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(array, affine, known)``: the template moved by the case's known transform (MNI -> subject world)."""
     rotation, shift, scale, axcodes, spacing, fov_z, gain, offset = MOVED[name]
-    known = _known(rotation, shift, scale)
+    known = known_transform(rotation, shift, scale)
     array, affine = simulate_acquisition(known, axcodes, spacing, fov_z, gain, offset)
     return array, affine, known
 
@@ -156,7 +150,7 @@ def _perturbed_quality(array: np.ndarray, affine: np.ndarray, mni_from_subject: 
     centre[:3, 3] = (0.0, -18.0, 18.0)  # about the middle of the template's brain, MNI mm
     out = {}
     for name, (rotation, shift) in PERTURBATIONS.items():
-        off = centre @ _known(rotation, shift, (1, 1, 1)) @ np.linalg.inv(centre)
+        off = centre @ known_transform(rotation, shift, (1, 1, 1)) @ np.linalg.inv(centre)
         subject_from_mni = np.linalg.inv(mni_from_subject) @ off
         out[name] = registration._evaluate(tpl, moving, subject_from_mni, array.shape, affine, boxes)[0]
     return out

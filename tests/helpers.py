@@ -107,3 +107,22 @@ def write_manifest(path: Path, n_train: int = 2, n_val: int = 4, label_of: dict 
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def moved_templates() -> dict[str, dict]:
+    """The MNI152 template moved by known transforms, as :func:`simulate_acquisition` keyword arguments (``known``:
+    the 4x4 MNI -> subject move): a rotation + shift in LPS; a rotation + shrink in LIA at 0.8 mm; an anisotropic
+    stretch on a 1.2x1x1 mm grid, a 150 mm field of view and rescaled intensities."""
+    from hippogan.transforms.registration import known_transform
+
+    return {
+        "rot20_shift30_LPS": dict(known=known_transform((20.0, -10.0, 5.0), (30.0, -20.0, 10.0)), axcodes="LPS"),
+        "rot-20_scale0.85_LIA_0.8mm": dict(
+            known=known_transform((-15.0, 20.0, -20.0), (-30.0, 30.0, -25.0), (0.85, 0.85, 0.85)), axcodes="LIA",
+            spacing=(0.8,) * 3,
+        ),
+        "scale1.15_aniso_1.2mm_fov150_x1000": dict(
+            known=known_transform((10.0, 0.0, -10.0), (0.0, -10.0, 15.0), (1.15, 1.05, 1.1)),
+            spacing=(1.2, 1.0, 1.0), fov_z=150.0, gain=1000.0, offset=500.0,
+        ),
+    }  # fmt: skip

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
+from helpers import moved_templates
 from monai.data import MetaTensor, decollate_batch, list_data_collate
 from monai.transforms import Compose, EnsureChannelFirstd, Orientationd, Spacingd
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 
 from hippogan.transforms import (
     DEFAULT_BOX_SIZE,
@@ -37,6 +37,7 @@ from hippogan.transforms.registration import (
     REGISTRATION_QUALITY,
     RegisterToTemplate,
     RegisterToTemplated,
+    known_transform,
     load_template,
     resample_affine,
     simulate_acquisition,
@@ -90,13 +91,6 @@ def _mni_from_subject(sample: dict) -> np.ndarray:
     op = next(op for op in sample[IMAGE].applied_operations if op["class"] == "RegisterToTemplate")
     return np.asarray(op["extra_info"]["mni_from_subject"])
 
-
-def _known(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), scale=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """4x4 MNI world -> subject world: scale, then rotate (x, y, z Euler angles), then shift."""
-    known = np.eye(4)
-    known[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scale)
-    known[:3, 3] = shift_mm
-    return known
 
 
 def _template_boxes_on(known, affine, shape) -> np.ndarray:
@@ -189,7 +183,7 @@ def test_precropped_mode_round_trip():
 
 @pytest.mark.parametrize(
     "known, aligned",
-    [(_known(), True), (_known(shift_mm=(15.0, 0.0, 0.0)), False), (_known((15.0, 0.0, 0.0), (0.0, 10.0, 0.0)), False)],
+    [(known_transform(), True), (known_transform(shift_mm=(15.0, 0.0, 0.0)), False), (known_transform((15.0, 0.0, 0.0), (0.0, 10.0, 0.0)), False)],
     ids=["mni", "header_shift_15mm", "rotated_15deg_shift_10mm"],
 )
 def test_mni_mode_scores_alignment(known, aligned, caplog):
@@ -239,32 +233,20 @@ def test_native_t1_registers_and_inverts(name):
 
 # ---- the template moved by known transforms ----
 
-MOVED = {
-    "rot20_shift30_LPS": dict(known=_known((20.0, -10.0, 5.0), (30.0, -20.0, 10.0)), axcodes="LPS"),
-    "rot-20_scale0.85_LIA_0.8mm": dict(
-        known=_known((-15.0, 20.0, -20.0), (-30.0, 30.0, -25.0), (0.85, 0.85, 0.85)), axcodes="LIA", spacing=(0.8,) * 3
-    ),
-    "scale1.15_aniso_1.2mm_fov150_x1000": dict(
-        known=_known((10.0, 0.0, -10.0), (0.0, -10.0, 15.0), (1.15, 1.05, 1.1)),
-        spacing=(1.2, 1.0, 1.0),
-        fov_z=150.0,
-        gain=1000.0,
-        offset=500.0,
-    ),
-}
+MOVED = moved_templates()
 MOVED_SLOW = {
-    "identity": dict(known=_known()),
-    "rot20": dict(known=_known((20.0, 0.0, 0.0))),
-    "rot-20_yaw": dict(known=_known((0.0, 0.0, -20.0))),
-    "shift30": dict(known=_known(shift_mm=(30.0, -30.0, 30.0))),
-    "scale0.85": dict(known=_known(scale=(0.85, 0.85, 0.85))),
-    "scale1.15": dict(known=_known(scale=(1.15, 1.15, 1.15))),
-    "LPS": dict(known=_known(), axcodes="LPS"),
-    "LIA": dict(known=_known(), axcodes="LIA"),
-    "0.8mm": dict(known=_known(), spacing=(0.8, 0.8, 0.8)),
-    "1.2x1x1mm": dict(known=_known(), spacing=(1.2, 1.0, 1.0)),
-    "fov150": dict(known=_known(), fov_z=150.0),
-    "intensity_x1000": dict(known=_known(), gain=1000.0, offset=500.0),
+    "identity": dict(known=known_transform()),
+    "rot20": dict(known=known_transform((20.0, 0.0, 0.0))),
+    "rot-20_yaw": dict(known=known_transform((0.0, 0.0, -20.0))),
+    "shift30": dict(known=known_transform(shift_mm=(30.0, -30.0, 30.0))),
+    "scale0.85": dict(known=known_transform(scale=(0.85, 0.85, 0.85))),
+    "scale1.15": dict(known=known_transform(scale=(1.15, 1.15, 1.15))),
+    "LPS": dict(known=known_transform(), axcodes="LPS"),
+    "LIA": dict(known=known_transform(), axcodes="LIA"),
+    "0.8mm": dict(known=known_transform(), spacing=(0.8, 0.8, 0.8)),
+    "1.2x1x1mm": dict(known=known_transform(), spacing=(1.2, 1.0, 1.0)),
+    "fov150": dict(known=known_transform(), fov_z=150.0),
+    "intensity_x1000": dict(known=known_transform(), gain=1000.0, offset=500.0),
 }
 
 
@@ -310,7 +292,7 @@ def test_moved_native_t1_consistent(name, tmp_path):
     data, affine = original.get_fdata(dtype=np.float32), original.affine
     reg = RegisterToTemplate(mode="register")
     first = reg.register(MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(affine)))
-    known = _known((-20.0, 10.0, -10.0), (10.0, -30.0, 30.0), (0.9, 0.9, 0.9))
+    known = known_transform((-20.0, 10.0, -10.0), (10.0, -30.0, 30.0), (0.9, 0.9, 0.9))
     linear = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # LIA, 1 mm
     x, y, z = data.shape
     corners = np.array([[i, j, k, 1.0] for i in (0, x) for j in (0, y) for k in (0, z)]).T

@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
-from scipy.spatial.transform import Rotation
+from helpers import moved_templates
 
 from hippogan.pipeline.results import read_volumes_csv
 from hippogan.pipeline.segmenter import segmenter_from_bundle
-from hippogan.transforms.registration import QUALITY_WARN, load_template, resample_affine, simulate_acquisition
+from hippogan.transforms.registration import (
+    QUALITY_WARN,
+    known_transform,
+    load_template,
+    resample_affine,
+    simulate_acquisition,
+)
 
 pytest.importorskip("SimpleITK")
 
@@ -41,13 +47,6 @@ def template_seg(segmenter, tmp_path_factory):
     nib.save(nib.Nifti1Image(tpl.array, tpl.affine), path)
     return segmenter.segment(path)
 
-
-def _known(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), scale=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """4x4 MNI world -> subject world: scale, then rotate (x, y, z Euler angles), then shift."""
-    known = np.eye(4)
-    known[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scale)
-    known[:3, 3] = shift_mm
-    return known
 
 
 def _sides(label_map: np.ndarray, affine: np.ndarray, mni_from_world: np.ndarray) -> dict[str, np.ndarray]:
@@ -86,20 +85,11 @@ def test_native_t1_gets_both_hippocampi(segmenter, name):
     assert result.label_map.shape == nib.load(path).shape
 
 
-MOVED = {
-    "rot20_shift30_LPS": dict(known=_known((20.0, -10.0, 5.0), (30.0, -20.0, 10.0)), axcodes="LPS"),
-    "rot-20_scale0.85_LIA_0.8mm": dict(
-        known=_known((-15.0, 20.0, -20.0), (-30.0, 30.0, -25.0), (0.85, 0.85, 0.85)), axcodes="LIA", spacing=(0.8,) * 3
-    ),
-    "scale1.15_aniso_1.2mm_fov150_x1000": dict(
-        known=_known((10.0, 0.0, -10.0), (0.0, -10.0, 15.0), (1.15, 1.05, 1.1)),
-        spacing=(1.2, 1.0, 1.0), fov_z=150.0, gain=1000.0, offset=500.0,
-    ),
-}  # fmt: skip
+MOVED = moved_templates()
 MOVED_SLOW = {
-    "rot-20_yaw_shift-30": dict(known=_known((0.0, 0.0, -20.0), (-30.0, 30.0, -30.0))),
-    "scale0.85_RAS": dict(known=_known(scale=(0.85, 0.85, 0.85))),
-    "scale1.15_LIA": dict(known=_known(scale=(1.15, 1.15, 1.15)), axcodes="LIA"),
+    "rot-20_yaw_shift-30": dict(known=known_transform((0.0, 0.0, -20.0), (-30.0, 30.0, -30.0))),
+    "scale0.85_RAS": dict(known=known_transform(scale=(0.85, 0.85, 0.85))),
+    "scale1.15_LIA": dict(known=known_transform(scale=(1.15, 1.15, 1.15)), axcodes="LIA"),
 }
 
 
@@ -147,7 +137,7 @@ def test_template_own_segmentation_is_plausible(template_seg):
 def test_misaligned_whole_brain_given_as_mni_is_flagged(tmp_path):
     """A whole brain that is not in MNI space, segmented with mode mni: every side flagged 'not aligned'."""
     segmenter = segmenter_from_bundle(overrides={"device": "$torch.device('cpu')", "mode": "mni"})
-    array, affine = simulate_acquisition(_known((15.0, 0.0, 0.0), (0.0, 10.0, 0.0)))
+    array, affine = simulate_acquisition(known_transform((15.0, 0.0, 0.0), (0.0, 10.0, 0.0)))
     path = tmp_path / "tilted.nii"
     nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
     summary = segmenter.run([{"subject_id": "tilted", "image": str(path)}], tmp_path / "out", progress=False)
@@ -176,9 +166,22 @@ def test_unregistrable_scan_fails_alone_with_reason(segmenter, tmp_path):
 
 
 def _write_dicom_series(path: Path, folder: Path) -> None:
-    """Write a NIfTI volume as an MR DICOM series (int16, one file a slice), as a scanner archive would."""
+    """Write a NIfTI volume as an MR DICOM series (int16, one file a slice), as a scanner archive would.
+
+    GDCM's writer switches the C locale, after which Python opens text files as ASCII: the locale is restored.
+    """
+    import locale
+
     import SimpleITK as sitk
 
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(path, folder, sitk)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(path: Path, folder: Path, sitk) -> None:
     image = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(path)), 0, 4000), sitk.sitkInt16)
     direction = image.GetDirection()
     series, study = "1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2"
@@ -218,7 +221,7 @@ def test_whole_brain_dicom_series_takes_the_registration_path(segmenter, templat
 
 def test_field_of_view_cut_near_the_hippocampi_is_flagged(segmenter, template_seg, tmp_path):
     """The template cut to its top 120 mm (89% of the hippocampal boxes inside): segmented, every side flagged."""
-    array, affine = simulate_acquisition(_known(), fov_z=120.0)
+    array, affine = simulate_acquisition(known_transform(), fov_z=120.0)
     path = tmp_path / "fov120.nii"
     nib.save(nib.Nifti1Image(array.astype(np.float32), affine), path)
     result = segmenter.segment(path)

@@ -97,6 +97,7 @@ __all__ = [
     "load_template",
     "register_to_template",
     "resample_affine",
+    "known_transform",
     "simulate_acquisition",
     "RegisterToTemplate",
     "RegisterToTemplated",
@@ -620,6 +621,21 @@ def brain_mask_on_grid(
 _AXES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
+def known_transform(
+    rotation_deg: Sequence[float] = (0.0, 0.0, 0.0),
+    shift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    scale: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """A 4x4 MNI world -> subject world move for :func:`simulate_acquisition`: scale, then rotate (x, y, z Euler
+    angles, degrees), then shift (mm)."""
+    from scipy.spatial.transform import Rotation
+
+    known = np.eye(4)
+    known[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(scale)
+    known[:3, 3] = shift_mm
+    return known
+
+
 def simulate_acquisition(
     known: np.ndarray,
     axcodes: str = "RAS",
@@ -791,11 +807,8 @@ class RegisterToTemplate(InvertibleTransform):
         )
         if mode == "register":
             self._check(result, name)
-        if result.quality < QUALITY_WARN:
-            logger.warning(
-                "%s: registration quality %.3f below %.2f%s", name, result.quality, QUALITY_WARN,
-                ": the scan is not aligned with the MNI152 template (mode 'mni')" if mode == "mni" else "; check it",
-            )
+        for warning in registration_warnings(result):
+            logger.warning("%s: %s", name, warning)
         return result
 
     def _check(self, result: RegistrationResult, name: str) -> None:
