@@ -1,6 +1,7 @@
-"""Seed ensembles and the per-scan confidence, measured on the cross-validation (issue 14).
+"""Seed and multi-view ensembles and the per-scan confidence, measured on the cross-validation (issue 14).
 
-Given ``hippogan cv`` runs of one recipe that differ only in their seed (the members; the same manifest and folds),
+Given ``hippogan cv`` runs of one recipe that differ only in their seed or their view (the members; the same
+manifest and folds; ``--views`` names each run's view, e.g. ``sagittal coronal`` for a multi-view ensemble),
 for every fold k the fold's held-out scans are segmented by the members as one model (mean of their softmax
 probabilities: ``ckpt_path`` a list, a :class:`~hippogan.networks.ProbabilityEnsemble`) through the shipped
 bundle's inference chain, and scored like the CV
@@ -27,6 +28,9 @@ Run from the repository root after the CV runs, e.g.::
     hippogan cv ... --output-dir runs/cv5_b ... seed=1
     python benchmarks/bench_ensemble.py --runs runs/cv5_a runs/cv5_b --manifest M --dataset-dir DIR \\
         --out benchmarks/results/ensemble_confidence.md
+    hippogan cv ... --output-dir runs/cv5_cor ... view=coronal
+    python benchmarks/bench_ensemble.py --runs runs/cv5_a runs/cv5_cor --views sagittal coronal ... \\
+        --out benchmarks/results/multiview.md
 """
 
 from __future__ import annotations
@@ -73,18 +77,28 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
-def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path) -> pd.DataFrame:
-    """Segment and score one fold with the members as one model; per scan, the three confidences."""
+def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path, views: list[str]) -> pd.DataFrame:
+    """Segment and score one fold with the members as one model; per scan, the three confidences.
+
+    ``views``: the view each run was trained on; members of different views form a multi-view ensemble (each
+    generator over its own view's planes of the 3D ROI, :class:`~hippogan.networks.ProbabilityEnsemble`).
+    """
     checkpoints = [run / f"fold_{fold}" / "checkpoints" / "best.pt" for run in runs]
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
     overrides = {"mode": "precropped", "device": "$torch.device('cpu')"}
-    single = segmenter_from_bundle(overrides={**overrides, "ckpt_path": str(checkpoints[0])})
+    single = segmenter_from_bundle(overrides={**overrides, "ckpt_path": str(checkpoints[0]), "view": views[0]})
     start = time.perf_counter()
     single.run(rows, out / f"fold_{fold}_member1", progress=False)  # timed side by side with the ensemble
     single_seconds = (time.perf_counter() - start) / len(rows)
-    ensemble = segmenter_from_bundle(overrides={**overrides, "ckpt_path": [str(c) for c in checkpoints]})
+    overrides["ckpt_path"] = [str(c) for c in checkpoints]
+    if len(set(views)) == 1:
+        overrides["view"] = views[0]
+    else:  # the ensemble takes the 3D ROI batch and slices it per member
+        overrides["network"] = f"$weights.load_generator(@ckpt_path, @network_def, device=@device, views={views!r})"
+        overrides["inferer"] = {"_target_": "SimpleInferer"}
+    ensemble = segmenter_from_bundle(overrides=overrides)
     start = time.perf_counter()
     written = ensemble.run(rows, out / f"fold_{fold}", progress=False)
     seconds = (time.perf_counter() - start) / len(rows)
@@ -125,11 +139,14 @@ def _flag_figures(table: pd.DataFrame, column: str, dsc: str) -> dict[str, float
     }  # fmt: skip
 
 
-def _markdown(table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path], command: str) -> str:
+def _markdown(
+    table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path], views: list[str], command: str
+) -> str:
     lines = [
         "# Seed ensembles and per-scan confidence on the cross-validation (issue 14)",
         "",
-        f"Written by `{command}`. Members: {', '.join(str(r) for r in runs)} (one recipe, seeds differ). The module "
+        f"Written by `{command}`. Members: {', '.join(f'{r} ({v})' for r, v in zip(runs, views))} (one recipe; "
+        "seeds or views differ). The module "
         "docstring gives the method. Per-fold means; `mean` is the mean of the fold means; all on each scan's own "
         "grid with the largest-component clean-up.",
         "",
@@ -191,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, required=True, help="the manifest the runs were trained with")
     parser.add_argument("--dataset-dir", type=Path, required=True)
     parser.add_argument("--folds", type=int, nargs="+", help="folds to use (default: those the first run finished)")
+    parser.add_argument(
+        "--views", nargs="+", help="the view each run was trained on (default: sagittal for all): a multi-view ensemble"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_confidence.md"))
     args = parser.parse_args(argv)
@@ -198,17 +218,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if len(args.runs) < 2:
         raise ValueError("--runs: give at least two members")
+    views = args.views or ["sagittal"] * len(args.runs)
+    if len(views) != len(args.runs):
+        raise ValueError(f"--views: give one view per run ({len(args.runs)}), got {views}")
     folds = args.folds or sorted(int(p.parent.name.split("_")[1]) for p in args.runs[0].glob("fold_*/evaluation"))
     members = [_member_scores(run, folds) for run in args.runs]
     workflow = build_train_workflow(args.dataset_dir, Path("runs/ensemble"), manifest=args.manifest)
     datalist = workflow.parser.get_parsed_content("datalist")
     tables = []
     for fold in folds:
-        tables.append(_ensemble_fold(args.runs, fold, select_folds(datalist, folds=[fold]), Path("runs/ensemble")))
+        rows = select_folds(datalist, folds=[fold])
+        tables.append(_ensemble_fold(args.runs, fold, rows, Path("runs/ensemble"), views))
         logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = _markdown(table, members, args.runs, command)
+    text = _markdown(table, members, args.runs, views, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".md.tmp")
     partial.write_text(text)

@@ -11,7 +11,7 @@ the standard library, so the ``ru_maxrss`` a worker inherits from it at spawn is
   ``configs/inference.yaml`` pre- and postprocessing, same LCC) with ``network_def`` and ``ckpt_path`` overridden,
   a ``SimpleInferer`` whole-ROI forward on the ``(B, 1, 48, 64, 64)`` ROI batch, no empty-plane skip;
 - **MONAI 2D UNet**: the same UNet with ``spatial_dims=2``, random weights, on the sagittal 64x64 planes (the
-  bundle's ``sagittal_inferer``, empty planes skipped, ``channels_last``), i.e. a drop-in for our generator.
+  bundle's ``plane_inferer``, empty planes skipped, ``channels_last``), i.e. a drop-in for our generator.
 
 Figures per model: build time (config parse, network, weights, chains; reported apart from the rest);
 ``Segmenter.segment(path)`` seconds (load, pre-process, network, invert, LCC; nothing written) on ``--cases``

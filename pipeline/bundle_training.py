@@ -3,8 +3,8 @@
 The config stays declarative: everything beyond a one-line ``$`` expression lives here.
 
 - :func:`load_training_datalist`: manifest -> validated, labelled datalist (every bad row named at once).
-- :class:`SagittalSliceDataset` + :class:`SetEpochHandler`: the paper's 2D training samples, 64x64 sagittal
-  planes of the cached 3D ROI volumes; every plane holding hippocampus plus a share of the empty ones,
+- :class:`PlaneSliceDataset` + :class:`SetEpochHandler`: the paper's 2D training samples, 64x64 sagittal (or
+  coronal, axial) planes of the cached 3D ROI volumes; every plane holding hippocampus plus a share of the empty ones,
   re-drawn at each epoch.
 - :class:`TimeBudgetHandler`: stop the training after a wall-time budget (the benchmarks' fixed-time runs).
 - :class:`EpochLogHandler`: one INFO line per epoch (iterations, seconds, samples/s, lr, mean losses) and
@@ -35,7 +35,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torch.utils.data import Dataset
 
 from hippogan.transforms.keys import IMAGE, LABEL
-from hippogan.transforms.slicing import as_plain_tensor
+from hippogan.transforms.slicing import as_plain_tensor, pad_plane, view_axis
 
 from .checkpoint import CheckpointHandler, atomic_save, load_checkpoint, resume
 from .file_io import atomic_path, writable_folder
@@ -51,7 +51,7 @@ __all__ = [
     "EPOCH_LOG_COLUMNS",
     "EpochLogHandler",
     "GanProgressBar",
-    "SagittalSliceDataset",
+    "PlaneSliceDataset",
     "SetEpochHandler",
     "TimeBudgetHandler",
     "export_generator",
@@ -109,8 +109,8 @@ def load_training_datalist(
     return rows
 
 
-class SagittalSliceDataset(Dataset):
-    """2D sagittal planes of preprocessed 3D ROI volumes: every plane holding label plus a share of the empty ones.
+class PlaneSliceDataset(Dataset):
+    """2D planes of one view of preprocessed 3D ROI volumes: every plane holding label plus a share of the empty ones.
 
     The volumes are read once (from a ``CacheDataset`` with ``copy_cache=False`` the planes are views of the
     cache: no second copy). Which empty planes are kept is drawn anew by :meth:`set_epoch` with a generator
@@ -126,8 +126,12 @@ class SagittalSliceDataset(Dataset):
         label_key: key whose non-zero voxels mark a plane as labelled.
         transform: a dictionary transform applied to each plane (e.g. the random
             :func:`~hippogan.transforms.augmentation.get_plane_augmentation`), or None.
+        view: ``sagittal`` (planes (y, z) sliced along x, the paper's), ``coronal`` (x, z) or ``axial`` (x, y).
+        plane_size: planes smaller than this (H, W) are zero-padded to it, centred, as
+            :func:`~hippogan.transforms.slicing.plane_inferer` pads them at inference (the ROI's 48x64 coronal
+            and axial planes -> 64x64); None keeps them as they are.
 
-    Items: ``{key: (C, Y, Z)}`` plain float tensors (``(1, 64, 64)`` for the default ROI).
+    Items: ``{key: (C, H, W)}`` plain float tensors (``(1, 64, 64)`` for the default ROI and plane size).
 
     Raises:
         ValueError: ``empty_fraction`` outside [0, 1], no volumes, a missing key, or volumes whose keys
@@ -142,13 +146,17 @@ class SagittalSliceDataset(Dataset):
         keys: Sequence[Hashable] = (IMAGE, LABEL),
         label_key: Hashable = LABEL,
         transform: Callable[[dict], Mapping] | None = None,
+        view: str = "sagittal",
+        plane_size: Sequence[int] | None = (64, 64),
     ) -> None:
+        self.axis = view_axis(view)
+        self.plane_size = None if plane_size is None else tuple(int(v) for v in plane_size)
         if not 0.0 <= float(empty_fraction) <= 1.0:
-            raise ValueError(f"SagittalSliceDataset: empty_fraction must be in [0, 1], got {empty_fraction}.")
+            raise ValueError(f"PlaneSliceDataset: empty_fraction must be in [0, 1], got {empty_fraction}.")
         if label_key not in keys:
-            raise ValueError(f"SagittalSliceDataset: label_key {label_key!r} must be one of keys {list(keys)}.")
+            raise ValueError(f"PlaneSliceDataset: label_key {label_key!r} must be one of keys {list(keys)}.")
         if len(volumes) == 0:
-            raise ValueError("SagittalSliceDataset: no volumes to slice (empty training set).")
+            raise ValueError("PlaneSliceDataset: no volumes to slice (empty training set).")
         self.keys = tuple(keys)
         self.transform = transform
         if callable(getattr(transform, "set_random_state", None)):
@@ -161,26 +169,26 @@ class SagittalSliceDataset(Dataset):
             name = sample.get(SUBJECT_ID, f"volume {index}")
             missing = [key for key in self.keys if key not in sample]
             if missing:
-                raise ValueError(f"SagittalSliceDataset: {name} lacks keys {missing}; it has {list(sample)}.")
+                raise ValueError(f"PlaneSliceDataset: {name} lacks keys {missing}; it has {list(sample)}.")
             tensors = {key: as_plain_tensor(sample[key]) for key in self.keys}
             shapes = {str(key): tuple(t.shape) for key, t in tensors.items()}
             spatial = {shape[1:] for shape in shapes.values()}
             if any(len(shape) != 4 for shape in shapes.values()) or len(spatial) != 1:
                 raise ValueError(
-                    f"SagittalSliceDataset: {name}: expected (C, X, Y, Z) volumes of one size, got {shapes}."
+                    f"PlaneSliceDataset: {name}: expected (C, X, Y, Z) volumes of one size, got {shapes}."
                 )
-            has_label = tensors[label_key].transpose(0, 1).flatten(1).ne(0).any(dim=1)
-            for x, flag in enumerate(has_label.tolist()):
-                (labelled if flag else empty).append((index, x))
+            has_label = tensors[label_key].movedim(self.axis + 1, 0).flatten(1).ne(0).any(dim=1)
+            for plane, flag in enumerate(has_label.tolist()):
+                (labelled if flag else empty).append((index, plane))
             self.volumes.append(tensors)
         self.labelled = torch.tensor(labelled, dtype=torch.long).reshape(-1, 2)
         self.empty = torch.tensor(empty, dtype=torch.long).reshape(-1, 2)
         self.n_empty_kept = int(round(float(empty_fraction) * len(self.empty)))
-        self._max_planes = max(v[label_key].shape[1] for v in self.volumes)
+        self._max_planes = max(v[label_key].shape[self.axis + 1] for v in self.volumes)
         self.set_epoch(0)
         logger.info(
-            "%d volumes: %d labelled sagittal planes + %d of %d empty ones per epoch",
-            len(self.volumes), len(self.labelled), self.n_empty_kept, len(self.empty),
+            "%d volumes: %d labelled %s planes + %d of %d empty ones per epoch",
+            len(self.volumes), len(self.labelled), view, self.n_empty_kept, len(self.empty),
         )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
@@ -195,8 +203,10 @@ class SagittalSliceDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, item: int) -> dict[Hashable, torch.Tensor]:
-        volume, x = self.index[item].tolist()
-        plane = {key: self.volumes[volume][key][:, x] for key in self.keys}
+        volume, index = self.index[item].tolist()
+        plane = {key: self.volumes[volume][key].select(self.axis + 1, index) for key in self.keys}
+        if self.plane_size is not None:
+            plane = {key: pad_plane(value, self.plane_size) for key, value in plane.items()}
         if self.transform is None:
             return plane
         # plain tensors through the random transforms: 3x faster than with MONAI's meta tracking
@@ -212,7 +222,7 @@ class SagittalSliceDataset(Dataset):
 class SetEpochHandler:
     """ignite handler calling ``target.set_epoch(engine.state.epoch)`` at every ``EPOCH_STARTED``.
 
-    Attach it to the trainer for a dataset whose samples change per epoch (:class:`SagittalSliceDataset`);
+    Attach it to the trainer for a dataset whose samples change per epoch (:class:`PlaneSliceDataset`);
     ignite builds each epoch's data iterator after ``EPOCH_STARTED``, so the new draw reaches the workers.
 
     Args:

@@ -38,6 +38,7 @@ __all__ = [
     "BRAIN_COLOR",
     "PLAUSIBLE_VOLUME_MM3",
     "POSTERIOR_COLOR",
+    "confidence_flag",
     "qc_figure",
     "volume_flags",
 ]
@@ -98,6 +99,23 @@ def volume_flags(total_mm3: float) -> str:
     return ""
 
 
+def confidence_flag(confidence: float, low_confidence: float | None) -> str:
+    """Return the "check this scan" flag of one side: ``""`` unless its confidence is below ``low_confidence``.
+
+    Args:
+        confidence: the side's :func:`~hippogan.pipeline.results.self_agreement` (``volumes.csv``'s
+            ``confidence``); NaN (no hippocampus found) is not flagged here (:func:`volume_flags` is).
+        low_confidence: the model's threshold (the bundle's ``low_confidence``: the 10th percentile of its
+            recipe's confidence on the cross-validation's held-out scans), or None for no flag.
+
+    Returns:
+        ``""`` or ``"low confidence (0.912 < 0.939): check this scan"``.
+    """
+    if low_confidence is None or not np.isfinite(confidence) or confidence >= low_confidence:
+        return ""
+    return f"low confidence ({confidence:.3f} < {low_confidence:.3f}): check this scan"
+
+
 def qc_figure(
     image: np.ndarray,
     label: np.ndarray,
@@ -108,6 +126,7 @@ def qc_figure(
     whole_brain: bool | None = None,
     brain: np.ndarray | None = None,
     brain_heading: str = "MNI152 brain outline",
+    low_confidence: float | None = None,
 ) -> Path:
     """Write a PNG of the three orthogonal planes through each hippocampus, segmentation outlined.
 
@@ -135,6 +154,8 @@ def qc_figure(
             (:func:`~hippogan.transforms.registration.brain_mask_on_grid`): adds a first row, the whole scan
             through the brain's centre with the brain outlined, titled ``brain_heading`` (e.g. the
             registration quality), so a misregistration shows at a glance.
+        low_confidence: a side whose ``volumes`` confidence is below this gets the "check this scan" flag in its
+            heading (:func:`confidence_flag`); None: no confidence flag.
 
     Returns:
         ``out_png`` as a ``Path``. The picture is 900 pixels wide, 330 pixels high per row plus 40 for
@@ -175,7 +196,9 @@ def qc_figure(
             "posterior_mm3": float((side_label == 2).sum()) * voxel_mm3,
         }
         vol = {**measured, **{key: float(v) for key, v in (volumes or {}).get(side, {}).items()}}
-        flag = volume_flags(vol["total_mm3"])
+        low = confidence_flag(vol.get("confidence", np.nan), low_confidence)  # the heading prints the confidence
+        flag = "; ".join(f for f in (volume_flags(vol["total_mm3"]), low and f"check this scan (< {low_confidence:.3f})")
+                         if f)  # fmt: skip
         heading = (
             f"{'hippocampus (side unknown)' if side == 'unknown' else side + ' hippocampus'}: "
             f"total {vol['total_mm3']:,.0f} mm³ (anterior {vol['anterior_mm3']:,.0f}, "

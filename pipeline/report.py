@@ -99,11 +99,13 @@ def write_report(
     body.append(f"<h1>{_esc(title)}</h1>")
     body.append(
         f'<p class="summary">{n_subjects} subject(s), {n_subjects - n_failed} ok, {n_failed} failed; '
-        f"{n_flagged} hippocampus volume(s) flagged.</p>"
+        f"{n_flagged} hippocampus side(s) flagged.</p>"
     )
     body.append(
         f'<p class="note">Flag: volume of one hippocampus outside {low:,.0f}-{high:,.0f} mm³, a wide '
-        "plausible adult range: look at the QC picture (a quality-control flag, not a diagnosis). "
+        "plausible adult range; low confidence (check this scan): the model agrees less with itself than on 9 in 10 "
+        "scans of its cross-validation; or a doubtful input or registration. Look at the QC picture (a "
+        "quality-control flag, not a diagnosis). "
         f'Outlines: <span class="swatch" style="background:{ANTERIOR_COLOR}"></span> anterior (label 1), '
         f'<span class="swatch" style="background:{POSTERIOR_COLOR}"></span> posterior (label 2). '
         f'<span class="swatch" style="background:{BRAIN_COLOR}"></span> MNI152 brain where the registration put '

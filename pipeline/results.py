@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .file_io import NIFTI_SUFFIXES, atomic_path, file_lock, spreadsheet_safe, spreadsheet_unsafe
-from .qc import volume_flags
+from .qc import confidence_flag, volume_flags
 
 __all__ = [
     "MODES",
@@ -108,6 +108,7 @@ class Segmentation:
     etiv_mm3: float = float("nan")
     etiv_scale: float = float("nan")
     mni_from_subject: np.ndarray | None = None
+    low_confidence: float | None = None
 
     @property
     def whole_brain(self) -> bool:
@@ -117,7 +118,9 @@ class Segmentation:
     def volume_rows(self) -> list[dict[str, Any]]:
         """Rows of ``volumes.csv`` (:data:`VOLUME_COLUMNS`), one per side, status ``ok``.
 
-        ``flag``: the volume's :func:`~hippogan.pipeline.qc.volume_flags` and the scan's ``warnings``, ``"; "``-joined.
+        ``flag``: the volume's :func:`~hippogan.pipeline.qc.volume_flags`, the side's
+        :func:`~hippogan.pipeline.qc.confidence_flag` (below ``low_confidence``: "check this scan") and the scan's
+        ``warnings``, ``"; "``-joined.
         ``*_norm_mm3``: head-size-normalised volumes (the proportion method), ``volume x etiv_scale``: the volume
         scaled to a head of the template's intracranial volume (1,882,989 mm³ for nilearn's MNI152), i.e.
         ``volume / etiv_mm3 x 1,882,989``. Empty where not registered.
@@ -131,7 +134,8 @@ class Segmentation:
         for side in self.sides:
             norm = {f"{key[:-4]}_norm_mm3": getattr(side, key) * self.etiv_scale if registered else None
                     for key in _VOLUME_KEYS}
-            flag = "; ".join(f for f in (volume_flags(side.total_mm3), *self.warnings) if f)
+            flags = (volume_flags(side.total_mm3), confidence_flag(side.confidence, self.low_confidence), *self.warnings)
+            flag = "; ".join(f for f in flags if f)
             rows.append({"subject": self.subject, "mode": self.mode, **vars(side), "flag": flag, "status": "ok",
                          "reason": "", **scan, **norm, "confidence": _number(side.confidence)})
         return rows  # fmt: skip

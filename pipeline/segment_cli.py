@@ -75,8 +75,9 @@ head-size-normalised volumes are added. A smaller scan is a hippocampus crop (e.
 --mode mni: whole brains already registered to MNI space (fixed boxes; their alignment is measured and
 a scan that is not aligned is flagged). --mode precropped: hippocampus crops only.
 
-flag: a hippocampus volume outside 1,500-6,000 mm³ (a wide plausible adult range), a registration
-quality below 0.45, or a doubtful input: look at its QC picture (a quality-control flag, not a diagnosis).
+flag: a hippocampus volume outside 1,500-6,000 mm³ (a wide plausible adult range), a confidence below the
+model's low_confidence (check this scan), a registration quality below 0.45, or a doubtful input: look at
+its QC picture (a quality-control flag, not a diagnosis).
 
 --demo: segment nilearn's MNI152 whole-brain T1 template (no data of your own needed).
 
@@ -143,6 +144,7 @@ def _qc_writer(qc_dir: Path, pictures: dict[str, Path]) -> Callable[[Segmentatio
             qc_figure(
                 image, result.label_map, result.affine, tmp, title=result.subject, volumes=volumes,
                 whole_brain=result.whole_brain, brain=brain, brain_heading=heading,
+                low_confidence=result.low_confidence,
             )  # fmt: skip
         pictures[result.subject] = path
 
@@ -204,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         outputs.append(_write_report(summary.table, out_dir).name)
     flagged = sorted({str(row["subject"]) for row in summary.rows if row.get("flag")})
     if flagged:
-        logger.warning("volume flagged (look at the QC picture): %s", ", ".join(flagged))
+        logger.warning("flagged (look at the QC picture): %s", ", ".join(flagged))
     logger.info(
         "segment: %d ok, %d failed, %.1f s (model load %.1f s) on %s; outputs in %s (%s)",
         len(summary.label_maps), len(summary.failures), time.perf_counter() - start, load_s,

@@ -53,7 +53,7 @@ from hippogan.transforms.registration import (
 )
 from hippogan.transforms.roi import merge_sides
 from hippogan.transforms.sanity import SCAN_WARNINGS
-from hippogan.transforms.slicing import sagittal_inferer
+from hippogan.transforms.slicing import plane_inferer
 
 from .bundled import DEFAULT_BUNDLE
 from .file_io import first_cause, root_cause, writable_folder
@@ -155,13 +155,15 @@ class Segmenter:
             the input grid (default :func:`~hippogan.transforms.chains.get_postprocessing` of ``preprocessing``
             without argmax, with the largest-component clean-up).
         inferer: runs the network over a ROI batch ``(B, C, X, Y, Z)``; default
-            :func:`~hippogan.transforms.slicing.sagittal_inferer` with ``sw_batch_size=128`` (both
+            :func:`~hippogan.transforms.slicing.plane_inferer` with ``sw_batch_size=128`` (both
             whole-brain sides, 2 x 48 planes, in one forward pass).
         device: where the network runs (default: the device of its parameters).
         amp: on CUDA, run the network under float16 autocast (ignored on CPU, which runs float32).
         skip_empty: all-zero planes get the network's output for a zero plane (:class:`EmptyPlaneSkipper`).
         channels_last: convert the network's weights to ``torch.channels_last`` (in place), which the CPU
             (oneDNN) and CUDA convolutions run faster on (1 CPU thread: -13% for the paper's widths).
+        low_confidence: a side whose confidence is below this is flagged "check this scan"
+            (:func:`~hippogan.pipeline.qc.confidence_flag`; the bundle's ``low_confidence``); None: never.
     """
 
     def __init__(
@@ -174,7 +176,9 @@ class Segmenter:
         amp: bool = True,
         skip_empty: bool = True,
         channels_last: bool = True,
+        low_confidence: float | None = None,
     ) -> None:
+        self.low_confidence = None if low_confidence is None else float(low_confidence)
         if device is None:
             device = next(network.parameters(), torch.empty(0)).device
         self.device = torch.device(device)
@@ -188,7 +192,7 @@ class Segmenter:
                 raise ValueError("Segmenter: give postprocessing when preprocessing is not a Compose to invert.")
             postprocessing = get_postprocessing(self.preprocessing, argmax=False, largest_component=True)
         self.postprocessing = postprocessing
-        self.inferer = sagittal_inferer(sw_batch_size=128) if inferer is None else inferer
+        self.inferer = plane_inferer(sw_batch_size=128) if inferer is None else inferer
         self._run_network = EmptyPlaneSkipper(self.network) if skip_empty else self.network
 
     def segment(self, path: str | os.PathLike, subject: str | None = None) -> Segmentation:
@@ -241,7 +245,7 @@ class Segmenter:
             warnings=list(scan[SCAN_WARNINGS] or []),
             registration_quality=nan if scan[REGISTRATION_QUALITY] is None else float(scan[REGISTRATION_QUALITY]),
             etiv_mm3=nan if scan[ETIV_MM3] is None else float(scan[ETIV_MM3]), etiv_scale=etiv_scale,
-            mni_from_subject=_finite_or_none(scan[MNI_FROM_SUBJECT]),
+            mni_from_subject=_finite_or_none(scan[MNI_FROM_SUBJECT]), low_confidence=self.low_confidence,
         )  # fmt: skip
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

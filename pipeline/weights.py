@@ -22,6 +22,7 @@ def load_generator(
     weights: str | os.PathLike | Sequence[str | os.PathLike],
     network: torch.nn.Module | Mapping[str, Any],
     device: str | torch.device | None = None,
+    views: Sequence[str] | None = None,
 ) -> torch.nn.Module:
     """Build the generator and load its weights for inference (eval mode, float32, on ``device``).
 
@@ -32,6 +33,9 @@ def load_generator(
         network: the module, or its config (``{"_target_": "hippogan.networks.ResSEGenerator", ...}``,
             the bundle's ``network_def``); copied for each further file.
         device: target device (default CPU).
+        views: with several files, the view each generator was trained on (``sagittal``, ``coronal``,
+            ``axial``): a multi-view ensemble that takes 3D ROI batches (see
+            :class:`~hippogan.networks.ProbabilityEnsemble`); None: the members take the same 2D planes.
 
     Raises:
         FileNotFoundError: a weights file does not exist.
@@ -44,7 +48,7 @@ def load_generator(
     if not paths:
         raise ValueError("load_generator: no weights file given.")
     members = [_load_weights(Path(path), network if i == 0 else copy.deepcopy(network)) for i, path in enumerate(paths)]
-    model = members[0] if len(members) == 1 else ProbabilityEnsemble(members)
+    model = members[0] if len(members) == 1 and views is None else ProbabilityEnsemble(members, views=views)
     return model.float().to(torch.device("cpu") if device is None else device).eval()
 
 

@@ -21,7 +21,7 @@ from monai.bundle import ConfigWorkflow, verify_metadata
 
 from hippogan.networks import ResSEGenerator
 from hippogan.pipeline.checkpoint import load_checkpoint
-from hippogan.pipeline.bundle_training import SagittalSliceDataset, export_generator, prepare_output_dir
+from hippogan.pipeline.bundle_training import PlaneSliceDataset, export_generator, prepare_output_dir
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.train_cli import parse_overrides, run_training
 from hippogan.transforms import IMAGE, LABEL
@@ -238,7 +238,7 @@ def _volumes() -> list[dict]:
 
 @pytest.mark.parametrize("fraction, expected", [(0.0, 3), (0.5, 3 + 4), (1.0, 12)])
 def test_slice_dataset_keeps_labelled_planes(fraction: float, expected: int) -> None:
-    dataset = SagittalSliceDataset(_volumes(), empty_fraction=fraction, seed=3)
+    dataset = PlaneSliceDataset(_volumes(), plane_size=None, empty_fraction=fraction, seed=3)
     assert len(dataset) == expected
     planes = [dataset[i] for i in range(len(dataset))]
     assert all(p[IMAGE].shape == (1, 4, 4) and p[LABEL].shape == (1, 4, 4) for p in planes)
@@ -249,7 +249,7 @@ def test_slice_dataset_keeps_labelled_planes(fraction: float, expected: int) -> 
 
 
 def test_slice_dataset_redraws_per_epoch_reproducibly() -> None:
-    dataset = SagittalSliceDataset(_volumes(), empty_fraction=0.5, seed=0)
+    dataset = PlaneSliceDataset(_volumes(), plane_size=None, empty_fraction=0.5, seed=0)
     draws = []
     for epoch in range(1, 6):
         dataset.set_epoch(epoch)
@@ -266,8 +266,9 @@ def test_slice_dataset_applies_the_plane_transform() -> None:
     """The transform sees each plane dict and its MONAI output comes back as plain tensors."""
     from monai.transforms import Flipd
 
-    plain = SagittalSliceDataset(_volumes(), empty_fraction=0.0)
-    flipped = SagittalSliceDataset(_volumes(), empty_fraction=0.0, transform=Flipd([IMAGE, LABEL], spatial_axis=0))
+    plain = PlaneSliceDataset(_volumes(), plane_size=None, empty_fraction=0.0)
+    flip = Flipd([IMAGE, LABEL], spatial_axis=0)
+    flipped = PlaneSliceDataset(_volumes(), plane_size=None, empty_fraction=0.0, transform=flip)
     for i in range(len(plain)):
         out = flipped[i]
         assert type(out[IMAGE]) is torch.Tensor and type(out[LABEL]) is torch.Tensor
@@ -282,8 +283,9 @@ def test_slice_dataset_applies_the_plane_transform() -> None:
         ({"volumes": []}, "no volumes"),
         ({"volumes": [{IMAGE: torch.zeros(1, 6, 4, 4)}]}, "lacks keys"),
         ({"volumes": [{IMAGE: torch.zeros(1, 6, 4, 4), LABEL: torch.zeros(1, 5, 4, 4)}]}, "one size"),
+        ({"view": "oblique"}, "sagittal, coronal, axial"),
     ],
 )
 def test_slice_dataset_bad_input(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        SagittalSliceDataset(**{"volumes": _volumes(), **kwargs})
+        PlaneSliceDataset(**{"volumes": _volumes(), "plane_size": None, **kwargs})

@@ -305,3 +305,11 @@ def test_confidence_column_filled(msd_images, tmp_path):
     rows = _read_volumes(tmp_path)
     assert len(rows) == 2 and not summary.failures
     assert all(0.9 < float(row["confidence"]) <= 1.0 for row in rows)
+
+
+def test_low_confidence_threshold_follows_the_model():
+    """The bundle's "check this scan" level: 0.939 for an ensemble, 0.948 for one generator (its CV percentiles)."""
+    cpu = {"device": "$torch.device('cpu')"}
+    assert segmenter_from_bundle(overrides=cpu).low_confidence == pytest.approx(0.939)
+    assert segmenter_from_bundle(overrides={**cpu, "ensemble": False}).low_confidence == pytest.approx(0.948)
+    assert segmenter_from_bundle(overrides={**cpu, "low_confidence": None}).low_confidence is None

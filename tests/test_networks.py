@@ -287,3 +287,26 @@ def test_probability_ensemble_is_the_mean_probability():
     torch.testing.assert_close(ProbabilityEnsemble(members[:1])(x).softmax(1), members[0](x).softmax(1))
     with pytest.raises(ValueError, match="at least one member"):
         ProbabilityEnsemble([])
+
+
+def test_multi_view_ensemble_runs_each_member_over_its_own_planes():
+    from hippogan.networks import ProbabilityEnsemble
+    from hippogan.transforms import plane_inferer
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv2d(1, 3, 3, padding=1) for _ in range(2)]
+    volume = torch.randn(1, 1, 48, 64, 64)
+    with torch.no_grad():
+        out = ProbabilityEnsemble(members, views=["sagittal", "coronal"])(volume)
+        views = ["sagittal", "coronal"]
+        expected = [torch.as_tensor(plane_inferer(view=v)(volume, m)).softmax(1) for v, m in zip(views, members)]
+        expected = torch.stack(expected).mean(0)
+        same_view = ProbabilityEnsemble(members, views=["sagittal", "sagittal"])(volume)
+        planes = plane_inferer()(volume, ProbabilityEnsemble(members))  # the 2D ensemble under the plane inferer
+    assert out.shape == (1, 3, 48, 64, 64)
+    torch.testing.assert_close(out.softmax(1), expected)
+    torch.testing.assert_close(same_view, torch.as_tensor(planes))
+    with pytest.raises(ValueError, match="2 members but 1 views"):
+        ProbabilityEnsemble(members, views=["sagittal"])
+    with pytest.raises(ValueError, match="sagittal, coronal, axial"):
+        ProbabilityEnsemble(members, views=["sagittal", "oblique"])

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import struct
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from matplotlib.image import imread
 
-from hippogan.pipeline.qc import PLAUSIBLE_VOLUME_MM3, _split_sides, qc_figure, volume_flags
+from hippogan.pipeline.qc import PLAUSIBLE_VOLUME_MM3, _split_sides, confidence_flag, qc_figure, volume_flags
 from hippogan.pipeline.report import write_report
+from hippogan.pipeline.results import Segmentation, side_volumes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_BYTES = 150_000
@@ -206,3 +209,32 @@ def test_write_report_missing_picture(tmp_path, caplog):
     out = write_report([{"subject": "s1", "total_mm3": 3000.0, "qc_png": tmp_path / "gone.png"}], tmp_path / "r.html")
     assert "missing: gone.png" in out.read_text(encoding="utf-8")
     assert "gone.png" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "confidence, threshold, expected",
+    [
+        (0.93, 0.939, "low confidence (0.930 < 0.939): check this scan"),
+        (0.939, 0.939, ""),
+        (0.96, 0.939, ""),
+        (0.5, None, ""),
+        (float("nan"), 0.939, ""),
+    ],
+)
+def test_confidence_flag(confidence, threshold, expected):
+    assert confidence_flag(confidence, threshold) == expected
+
+
+def test_low_confidence_side_is_flagged_in_volumes_rows():
+    """Only the side below the model's threshold gets "check this scan"; it joins the volume flag."""
+    labels = np.zeros((1, 10, 10, 10), dtype=np.uint8)
+    labels[0, 2:8, 2:8, 2:8] = 1
+    sides = [side_volumes("left", torch.as_tensor(labels), 30.0, confidence=0.90),
+             side_volumes("right", torch.as_tensor(labels), 1.0, confidence=0.95)]  # fmt: skip
+    result = Segmentation(subject="s", source=Path("s.nii.gz"), mode="mni", label_map=labels[0],
+                          affine=np.eye(4), sides=sides, low_confidence=0.939)  # fmt: skip
+    left, right = result.volume_rows()
+    assert left["flag"] == "large (> 6000 mm³); low confidence (0.900 < 0.939): check this scan"
+    assert right["flag"] == "small (< 1500 mm³)"
+    result.low_confidence = None
+    assert "confidence" not in result.volume_rows()[0]["flag"]

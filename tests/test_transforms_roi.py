@@ -23,7 +23,7 @@ from hippogan.transforms import (
     get_postprocessing,
     get_preprocessing,
     merge_sides,
-    sagittal_inferer,
+    plane_inferer,
     world_box_to_voxels,
 )
 
@@ -125,7 +125,7 @@ def test_whole_brain_inference_path(mni):
     pre = get_preprocessing(mode="whole_brain", with_label=False, mirror=True)
     batch = list_data_collate(pre({IMAGE: mni[IMAGE]}))
     with torch.no_grad():
-        batch[PRED] = sagittal_inferer()(batch[IMAGE], net)
+        batch[PRED] = plane_inferer()(batch[IMAGE], net)
     post = get_postprocessing(pre)
     merged = merge_sides([post(sample) for sample in decollate_batch(batch)])
     expected = np.zeros(mni["labels"].shape, dtype=np.float32)

@@ -40,7 +40,7 @@ from .roi import (
     world_box_to_voxels,
 )
 from .sanity import SCAN_WARNINGS, CheckScand, CheckScanD, CheckScanDict, check_scan
-from .slicing import as_plain_tensor, sagittal_inferer, sagittal_to_volume, volume_to_sagittal
+from .slicing import VIEWS, as_plain_tensor, pad_plane, plane_inferer, sagittal_to_volume, view_axis, volume_to_sagittal
 
 __all__ = [
     "IMAGE",
@@ -88,7 +88,10 @@ __all__ = [
     "SagittalContextd",
     "SagittalContextD",
     "SagittalContextDict",
-    "sagittal_inferer",
+    "plane_inferer",
+    "VIEWS",
+    "view_axis",
+    "pad_plane",
     "volume_to_sagittal",
     "sagittal_to_volume",
     "as_plain_tensor",

@@ -6,7 +6,7 @@ Inference, end to end::
     post = get_postprocessing(pre)
     samples = pre({"image": "scan.nii.gz"})              # whole_brain: [left, right]; precropped: one dict
     batch = list_data_collate(samples if isinstance(samples, list) else [samples])
-    batch["pred"] = sagittal_inferer()(batch["image"], net2d)     # (B, C, 48, 64, 64)
+    batch["pred"] = plane_inferer()(batch["image"], net2d)     # (B, C, 48, 64, 64)
     inverted = [post(s) for s in decollate_batch(batch)]  # each "pred" (1, X, Y, Z) on the scan's grid
     label_map = merge_sides(inverted)                     # whole_brain; precropped: inverted[0]["pred"]
 """

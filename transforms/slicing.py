@@ -1,14 +1,17 @@
-"""The sagittal 2D view of the 3D ROI, for the paper's 2D networks (64x64 planes (y, z), sliced along x).
+"""2D views of the 3D ROI for the paper's 2D networks: sagittal 64x64 planes (y, z) sliced along x, the paper's;
+coronal (x, z) and axial (x, y) planes for multi-view models (:data:`VIEWS`).
 
 Which to use where:
 
-- **Inference**: :func:`sagittal_inferer` (MONAI's ``SliceInferer`` along the first spatial axis) runs a 2D
-  network on every sagittal plane of a preprocessed ROI batch ``(B, C, X, Y, Z)`` and returns the 3D map
+- **Inference**: :func:`plane_inferer` (MONAI's ``SliceInferer`` along the view's spatial axis) runs a 2D
+  network on every plane of a preprocessed ROI batch ``(B, C, X, Y, Z)`` and returns the 3D map
   ``(B, C_out, X, Y, Z)``, ready for ``Invertd`` (see :func:`hippogan.transforms.chains.get_postprocessing`).
+  A plane smaller than the window (the ROI's 48x64 coronal and axial planes) is zero-padded to it, centred
+  (:func:`pad_plane` does the same in training), and the output cropped back.
 - **Training**: keep the 3D ROI volumes in a ``CacheDataset`` (the deterministic pre-processing once per
-  case); :class:`hippogan.pipeline.bundle_training.SagittalSliceDataset` serves their sagittal planes (every
+  case); :class:`hippogan.pipeline.bundle_training.PlaneSliceDataset` serves their planes of one view (every
   plane holding hippocampus plus a share of the empty ones). :func:`volume_to_sagittal` /
-  :func:`sagittal_to_volume` reshape a batch of volumes to planes and back.
+  :func:`sagittal_to_volume` reshape a batch of volumes to sagittal planes and back.
 """
 
 from __future__ import annotations
@@ -20,20 +23,52 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 
-__all__ = ["as_plain_tensor", "sagittal_inferer", "volume_to_sagittal", "sagittal_to_volume"]
+__all__ = [
+    "VIEWS", "view_axis", "pad_plane", "plane_inferer", "as_plain_tensor", "volume_to_sagittal", "sagittal_to_volume"
+]  # fmt: skip
+
+VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
+"""The 2D views and the RAS spatial axis each one slices along (x, y, z of a ``(C, X, Y, Z)`` volume)."""
 
 
-def sagittal_inferer(roi_size: Sequence[int] = (64, 64), sw_batch_size: int = 64, **kwargs: Any) -> SliceInferer:
-    """Return MONAI's ``SliceInferer`` over sagittal planes: ``(B, C, X, Y, Z)`` in, ``(B, C_out, X, Y, Z)`` out.
+def view_axis(view: str) -> int:
+    """The spatial axis (0, 1 or 2) that ``view`` slices along; ValueError naming the views for another name."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}.")
+    return VIEWS[view]
+
+
+def pad_plane(plane: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad ``(C, H, W)`` planes to ``size`` (H', W') as MONAI's sliding window does: centred, the odd voxel last.
+
+    Raises ValueError if the plane is larger than ``size``.
+    """
+    height, width = plane.shape[-2:]
+    dh, dw = int(size[0]) - height, int(size[1]) - width
+    if dh < 0 or dw < 0:
+        raise ValueError(f"pad_plane: plane {height}x{width} is larger than the window {size[0]}x{size[1]}.")
+    if dh == dw == 0:
+        return plane
+    return torch.nn.functional.pad(plane, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+def plane_inferer(
+    roi_size: Sequence[int] = (64, 64), sw_batch_size: int = 64, view: str = "sagittal", **kwargs: Any
+) -> SliceInferer:
+    """Return MONAI's ``SliceInferer`` over the planes of ``view``: ``(B, C, X, Y, Z)`` in, ``(B, C_out, X, Y, Z)`` out.
 
     Args:
-        roi_size: the 2D window (y, z), voxels; the ROI's own plane size (64x64) runs each plane whole.
+        roi_size: the 2D window, voxels; planes smaller than it are zero-padded to it (centred) and the
+            output cropped back, so the ROI's 64x64 sagittal and 48x64 coronal/axial planes each run whole.
         sw_batch_size: planes per network call.
+        view: ``sagittal`` (planes (y, z), the paper's), ``coronal`` (x, z) or ``axial`` (x, y).
         kwargs: other ``SliceInferer``/``SlidingWindowInferer`` arguments (``overlap``, ``mode``, ``device``...).
     """
     if len(tuple(roi_size)) != 2:
-        raise ValueError(f"sagittal_inferer: roi_size must be 2 numbers (y, z), got {roi_size!r}.")
-    return SliceInferer(roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, spatial_dim=0, progress=False, **kwargs)
+        raise ValueError(f"plane_inferer: roi_size must be 2 numbers (the plane's window), got {roi_size!r}.")
+    return SliceInferer(
+        roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, spatial_dim=view_axis(view), progress=False, **kwargs
+    )
 
 
 def as_plain_tensor(x: torch.Tensor) -> torch.Tensor:
