@@ -88,17 +88,16 @@ def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path, vie
     if missing:
         raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
     overrides = {"mode": "precropped", "device": "$torch.device('cpu')"}
-    single = segmenter_from_bundle(overrides={**overrides, "ckpt_path": str(checkpoints[0]), "view": views[0]})
+    single = segmenter_from_bundle(
+        overrides={**overrides, "ckpt_paths": [str(checkpoints[0])], "ckpt_views": views[:1], "ensemble": False}
+    )
     start = time.perf_counter()
     single.run(rows, out / f"fold_{fold}_member1", progress=False)  # timed side by side with the ensemble
     single_seconds = (time.perf_counter() - start) / len(rows)
-    overrides["ckpt_path"] = [str(c) for c in checkpoints]
-    if len(set(views)) == 1:
-        overrides["view"] = views[0]
-    else:  # the ensemble takes the 3D ROI batch and slices it per member
-        overrides["network"] = f"$weights.load_generator(@ckpt_path, @network_def, device=@device, views={views!r})"
-        overrides["inferer"] = {"_target_": "SimpleInferer"}
-    ensemble = segmenter_from_bundle(overrides=overrides)
+    # the bundle's own ensemble keys: generators of different views form a multi-view ensemble
+    ensemble = segmenter_from_bundle(
+        overrides={**overrides, "ckpt_paths": [str(c) for c in checkpoints], "ckpt_views": views, "ensemble": True}
+    )
     start = time.perf_counter()
     written = ensemble.run(rows, out / f"fold_{fold}", progress=False)
     seconds = (time.perf_counter() - start) / len(rows)

@@ -117,7 +117,8 @@ def run_crossval(
             "mode": "precropped",
             "lcc": lcc,
             "roi_size": parser.get_parsed_content("roi_size"),
-            "view": parser.get("view", "sagittal"),
+            "ensemble": False,
+            "ckpt_views": [parser.get("view", "sagittal")],
             "device": f"$torch.device({str(parser.get_parsed_content('device'))!r})",
         }
         if parser.get("network_def#spatial_dims", 2) == 3:  # a 3D network sees the whole ROI, as in validation

@@ -2,8 +2,8 @@
 
 The segmenter is the bundle's (:func:`~hippogan.pipeline.segmenter.segmenter_from_bundle` on
 ``configs/inference.yaml``: the same network, weights and steps as ``monai.bundle run``); the options below
-only override that config's keys (``--model`` its ``ckpt_path``, ``--device`` its ``device``, ``--mode``,
-``--no-lcc``).
+only override that config's keys (``--model`` its ``ckpt_path`` and ``ckpt_views``, ``--device`` its ``device``,
+``--mode``, ``--no-lcc``).
 
 Outputs in ``--out``:
 
@@ -117,6 +117,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["ensemble"] = False
     if args.model:
         overrides["ckpt_path"] = str(args.model[0]) if len(args.model) == 1 else [str(m) for m in args.model]
+        overrides["ckpt_views"] = ["sagittal"] * len(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu or auto.")
     if args.device != "auto":
@@ -232,8 +233,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--demo", action="store_true", help="segment nilearn's MNI152 whole-brain T1 template")
     parser.add_argument(
         "--model", type=Path, action="append", metavar="WEIGHTS",
-        help="generator weights (default: the bundle's models/model.pt); repeated (--model a.pt --model b.pt): one "
-        "model of their mean probability (an ensemble: slower; its confidence includes the members' disagreement)",
+        help="generator weights trained on sagittal planes (default: the bundle's ensemble); repeated (--model a.pt "
+        "--model b.pt): one model of their mean probability (an ensemble: slower; its confidence includes the "
+        "members' disagreement). Other views: set ckpt_paths and ckpt_views in the bundle's inference.yaml",
     )  # fmt: skip
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="where the network runs (default: auto, CUDA when available)"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.inferers import SimpleInferer, SliceInferer
 
 from hippogan.pipeline.bundle_training import PlaneSliceDataset
-from hippogan.transforms import pad_plane, plane_inferer, sagittal_to_volume, volume_to_sagittal
+from hippogan.transforms import ensemble_inferer, pad_plane, plane_inferer, sagittal_to_volume, volume_to_sagittal
 
 ROI = (48, 64, 64)
 
@@ -60,6 +61,16 @@ def test_views_reject_unknown_names_and_oversized_planes():
         plane_inferer(view="oblique")
     with pytest.raises(ValueError, match="larger than the window"):
         pad_plane(torch.zeros(1, 70, 64), (64, 64))
+
+
+def test_ensemble_inferer_slices_one_view_and_leaves_several_to_the_ensemble():
+    one = ensemble_inferer(["coronal", "coronal"], sw_batch_size=7)
+    assert isinstance(one, SliceInferer) and one.spatial_dim == 1 and one.sw_batch_size == 7
+    assert isinstance(ensemble_inferer(["sagittal", "coronal"]), SimpleInferer)
+    with pytest.raises(ValueError, match="sagittal, coronal, axial"):
+        ensemble_inferer(["sagittal", "oblique"])
+    with pytest.raises(ValueError, match="the view of each generator"):
+        ensemble_inferer([])
 
 
 def test_volume_sagittal_reshapes_round_trip():

@@ -40,7 +40,16 @@ from .roi import (
     world_box_to_voxels,
 )
 from .sanity import SCAN_WARNINGS, CheckScand, CheckScanD, CheckScanDict, check_scan
-from .slicing import VIEWS, as_plain_tensor, pad_plane, plane_inferer, sagittal_to_volume, view_axis, volume_to_sagittal
+from .slicing import (
+    VIEWS,
+    as_plain_tensor,
+    ensemble_inferer,
+    pad_plane,
+    plane_inferer,
+    sagittal_to_volume,
+    view_axis,
+    volume_to_sagittal,
+)
 
 __all__ = [
     "IMAGE",
@@ -89,6 +98,7 @@ __all__ = [
     "SagittalContextD",
     "SagittalContextDict",
     "plane_inferer",
+    "ensemble_inferer",
     "VIEWS",
     "view_axis",
     "pad_plane",

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from monai.inferers import SliceInferer
+from monai.inferers import Inferer, SimpleInferer, SliceInferer
 
 __all__ = [
-    "VIEWS", "view_axis", "pad_plane", "plane_inferer", "as_plain_tensor", "volume_to_sagittal", "sagittal_to_volume"
+    "VIEWS", "view_axis", "pad_plane", "plane_inferer", "ensemble_inferer", "as_plain_tensor", "volume_to_sagittal",
+    "sagittal_to_volume",
 ]  # fmt: skip
 
 VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -69,6 +70,27 @@ def plane_inferer(
     return SliceInferer(
         roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, spatial_dim=view_axis(view), progress=False, **kwargs
     )
+
+
+def ensemble_inferer(views: Sequence[str], sw_batch_size: int = 64, **kwargs: Any) -> Inferer:
+    """The inferer of generators trained on ``views`` (one per generator, as the bundle's ``views``).
+
+    One view: :func:`plane_inferer` over that view's planes (for one generator, or a 2D
+    :class:`~hippogan.networks.ProbabilityEnsemble` of several). Several views: MONAI's ``SimpleInferer``, since a
+    multi-view ``ProbabilityEnsemble(views=...)`` takes the 3D ROI batch and slices it per member.
+
+    Args:
+        views: ``sagittal``, ``coronal`` or ``axial``, one per generator.
+        sw_batch_size, kwargs: :func:`plane_inferer`'s, for one view.
+    """
+    views = list(views)
+    if not views:
+        raise ValueError("ensemble_inferer: give the view of each generator, e.g. ['sagittal'].")
+    if len(set(views)) > 1:
+        for view in views:
+            view_axis(view)
+        return SimpleInferer()
+    return plane_inferer(sw_batch_size=sw_batch_size, view=views[0], **kwargs)
 
 
 def as_plain_tensor(x: torch.Tensor) -> torch.Tensor:
