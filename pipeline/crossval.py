@@ -14,6 +14,9 @@ writes the label maps as NIfTI on each input's own grid
 
 The fold's volumes validate the training (``best.pt`` is picked on their ROI Dice), so these scores are
 cross-validation scores as in the paper, not a held-out test.
+
+``--resume`` continues a stopped cross-validation: a fold with ``checkpoints/last.pt`` resumes from it (a
+finished one is only segmented and scored again), the others train.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from .evaluation import evaluate_files, summarise, write_evaluation
 from .file_io import atomic_path
 from .manifest import FOLD, SUBJECT_ID, select_folds
 from .segmenter import segmenter_from_bundle
-from .train_cli import add_train_arguments, parse_overrides, run_training
+from .checkpoint import load_checkpoint
+from .train_cli import add_train_arguments, build_train_workflow, parse_overrides, run_training
 
 __all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval"]
 
@@ -82,6 +86,7 @@ def run_crossval(
     manifest: str | os.PathLike | None = None,
     classes: Sequence[int] | None = (1, 2),
     lcc: bool = True,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Train and evaluate each fold, then write the cross-validation tables (see the module docstring).
 
@@ -92,6 +97,8 @@ def run_crossval(
         configs, overrides, bundle_root, manifest: as in :func:`hippogan.pipeline.train_cli.build_train_workflow`.
         classes: label values also scored on their own (see :func:`~hippogan.pipeline.evaluation.evaluate_files`).
         lcc: keep the largest connected hippocampus component, as the bundle's inference does.
+        resume: a fold whose ``fold_k/checkpoints/last.pt`` exists continues from it (a finished fold is not
+            trained again, only segmented and scored); the others start afresh. False: every fold trains.
 
     Returns:
         the summary table (:func:`fold_table`), also written to ``OUTPUT_DIR/cv_summary.csv``.
@@ -107,7 +114,19 @@ def run_crossval(
     for fold in fold_list:
         fold_dir = output_dir / f"fold_{fold}"
         logger.info("fold %d: training in %s", fold, fold_dir)
-        workflow = run_training(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
+        last = fold_dir / "checkpoints" / "last.pt"
+        workflow = None
+        if resume and last.is_file():
+            workflow = build_train_workflow(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
+            epochs = int(load_checkpoint(last)["engine"]["epoch"])
+            if epochs < int(workflow.parser.get_parsed_content("max_epochs")):
+                logger.info("fold %d: resuming from %s (epoch %d)", fold, last, epochs)
+                workflow = run_training(dataset_dir, fold_dir, fold, configs, {**(overrides or {}), "resume": True},
+                                        bundle_root, manifest)  # fmt: skip
+            else:
+                logger.info("fold %d: finished (%s, epoch %d): segmenting and scoring only", fold, last, epochs)
+        if workflow is None:
+            workflow = run_training(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
         parser = workflow.parser
         checkpoints = Path(parser.get_parsed_content("ckpt_dir"))
         checkpoint = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
@@ -157,6 +176,7 @@ def _cv(args: argparse.Namespace) -> int:
             manifest=args.manifest,
             classes=args.classes,
             lcc=not args.no_lcc,
+            resume=args.resume,
         )
     except ValueError as error:
         logger.error("%s", error)
@@ -195,4 +215,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-lcc", action="store_true", help="score the raw argmax, without the largest-component clean-up"
     )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue a stopped cross-validation: folds with a checkpoints/last.pt resume from it (finished folds "
+        "are only segmented and scored again), the others train",
+    )  # fmt: skip
     parser.set_defaults(func=_cv)

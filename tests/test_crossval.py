@@ -49,6 +49,15 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
     for fold in (0, 1):
         assert (tmp_path / "cv" / f"fold_{fold}" / "checkpoints" / "last.pt").is_file()
         assert (tmp_path / "cv" / f"fold_{fold}" / "evaluation" / "metrics_summary.csv").is_file()
+    # a stopped CV continues: the finished fold is scored again, not retrained; the missing one trains
+    last = tmp_path / "cv" / "fold_0" / "checkpoints" / "last.pt"
+    trained = last.read_bytes()
+    (tmp_path / "cv" / "fold_1" / "checkpoints" / "last.pt").unlink()
+    (tmp_path / "cv" / "fold_1" / "checkpoints" / "best.pt").unlink()
+    again = run_crossval(msd_dir, tmp_path / "cv", folds=2, overrides=TINY, manifest=manifest, resume=True)
+    assert last.read_bytes() == trained
+    assert (tmp_path / "cv" / "fold_1" / "checkpoints" / "last.pt").is_file()
+    pd.testing.assert_series_equal(again.loc["0"], summary.loc["0"])
 
 
 def test_cli_train_then_export(msd_dir: Path, tmp_path: Path) -> None:
