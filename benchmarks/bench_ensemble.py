@@ -139,7 +139,12 @@ def _flag_figures(table: pd.DataFrame, column: str, dsc: str) -> dict[str, float
 
 
 def _markdown(
-    table: pd.DataFrame, members: list[pd.DataFrame], runs: list[Path], views: list[str], command: str
+    table: pd.DataFrame,
+    members: list[pd.DataFrame],
+    runs: list[Path],
+    views: list[str],
+    command: str,
+    baselines: dict[str, pd.DataFrame] | None = None,
 ) -> str:
     lines = [
         "# Seed ensembles and per-scan confidence on the cross-validation (issue 14)",
@@ -169,11 +174,16 @@ def _markdown(
               "| against | metric | mean difference | Wilcoxon p |", "|---|---|---|---|"]  # fmt: skip
     mean_member = pd.concat(members).groupby(SUBJECT_ID)[list(METRICS)].mean()
     reference = {"member 1": members[0].set_index(SUBJECT_ID), "mean member": mean_member}
+    reference.update({f"{name} ({len(cases)} scans)": cases for name, cases in (baselines or {}).items()})
     ens = table.set_index(SUBJECT_ID)
     for name, ref in reference.items():
+        common = ens.index.intersection(ref.index)
         for metric in METRICS[:3]:
-            diff = ens[metric] - ref.loc[ens.index, metric]
+            diff = ens.loc[common, metric] - ref.loc[common, metric]
             lines.append(f"| {name} | {metric} | {diff.mean():+.4f} | {wilcoxon(diff).pvalue:.2g} |")
+    if baselines:
+        lines += ["", "Baselines: per-case CSVs of `benchmarks/bench_accuracy.py --cv 5` (the same folds; scored on "
+                  "the ROI grid without the largest-component clean-up), paired over the scans both scored."]
     lines += [
         "",
         f"Confidence against the real binary DSC ({len(table)} held-out scans; single: member 1's own confidence and "
@@ -211,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         "--views", nargs="+", help="the view each run was trained on (default: sagittal for all): a multi-view ensemble"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--baseline", nargs="+", default=[], metavar="NAME=CSV",
+        help="per-case CSVs of other models on the same folds, '{fold}' in the path for one file a fold, e.g. "
+        "unet2d=benchmarks/results/cv5/accuracy_unet2d_fold{fold}_cases.csv: paired tests against the ensemble",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_confidence.md"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -231,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = _markdown(table, members, args.runs, views, command)
+    baselines = {}
+    for spec in args.baseline:
+        name, _, pattern = spec.partition("=")
+        files = [Path(pattern.format(fold=fold)) for fold in folds]
+        found = [pd.read_csv(f, dtype={SUBJECT_ID: str}) for f in files if f.is_file()]
+        if not name or not found:
+            raise ValueError(f"--baseline {spec!r}: expected NAME=CSV naming existing files ({files[0]}, ...)")
+        baselines[name] = pd.concat(found, ignore_index=True).set_index(SUBJECT_ID)
+    text = _markdown(table, members, args.runs, views, command, baselines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".md.tmp")
     partial.write_text(text)
