@@ -396,12 +396,29 @@ class GanProgressBar:
         attach_progress_bar(engine, persist=self.persist, **self.tqdm_kwargs)
 
 
-def prepare_output_dir(path: str | os.PathLike) -> Path:
+def prepare_output_dir(
+    path: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None, resume: Any = False
+) -> Path:
     """Create the run's output folder and check it is writable, before any work.
 
+    Args:
+        path: the run's output folder (config ``output_dir``).
+        ckpt_dir: its checkpoint folder (config ``ckpt_dir``): a fresh run (``resume`` false) refuses to start where
+            it already holds ``last.pt`` or ``best.pt``, which the new run would overwrite.
+        resume: the config's ``resume`` (false, true or a checkpoint path).
+
     Raises:
-        ValueError: the folder cannot be created or written (the message names it and the config key).
+        ValueError: the folder cannot be created or written, or holds another run's checkpoints and ``resume`` is
+            false (the message names the folder and what to do).
     """
+    starting = resume is None or resume is False or str(resume).strip().lower() in ("", "false", "none")
+    if starting and ckpt_dir is not None:
+        found = [Path(ckpt_dir) / name for name in ("last.pt", "best.pt") if (Path(ckpt_dir) / name).is_file()]
+        if found:
+            raise ValueError(
+                f"output_dir {path} already holds a training run ({found[0]}): continue it with resume=true "
+                "(hippogan train --resume, hippogan cv --resume) or choose another output_dir; nothing was overwritten."
+            )
     try:
         return writable_folder(path, "output_dir")
     except ValueError as error:

@@ -178,6 +178,20 @@ def test_unwritable_output_dir(msd_dir: Path, tmp_path: Path) -> None:
         prepare_output_dir(blocker)
 
 
+def test_fresh_run_never_overwrites_another_runs_checkpoints(tmp_path: Path) -> None:
+    """A second fresh run into a run folder stops with what to do; resuming it is allowed."""
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "last.pt").write_bytes(b"first run")
+    for resume in (False, "false", None):
+        with pytest.raises(ValueError, match=r"already holds a training run .*last.pt.*resume=true.*nothing was"):
+            prepare_output_dir(tmp_path / "run", ckpt_dir, resume)
+    assert prepare_output_dir(tmp_path / "run", ckpt_dir, True) == tmp_path / "run"
+    assert prepare_output_dir(tmp_path / "run", ckpt_dir, str(ckpt_dir / "last.pt")) == tmp_path / "run"
+    assert (ckpt_dir / "last.pt").read_bytes() == b"first run"
+    assert prepare_output_dir(tmp_path / "other", tmp_path / "other" / "checkpoints") == tmp_path / "other"
+
+
 def test_missing_manifest_and_bad_override(tmp_path: Path, msd_dir: Path) -> None:
     with pytest.raises(ValueError, match=rf"manifest {tmp_path / 'none.csv'}: not found"):
         run_training(msd_dir, tmp_path / "run", overrides=TINY, manifest=tmp_path / "none.csv")
