@@ -8,6 +8,8 @@ import torch
 
 from hippogan.transforms.slicing import as_plain_tensor, plane_inferer
 
+from .empty_planes import EmptyPlaneSkipper
+
 __all__ = ["ProbabilityEnsemble"]
 
 
@@ -20,7 +22,9 @@ class ProbabilityEnsemble(torch.nn.Module):
         views: None: every member sees the input as it is (2D planes under the bundle's plane inferer, or 3D
             volumes). Else one view per member (``sagittal``, ``coronal``, ``axial``): the members are 2D networks,
             the input is a 3D ROI batch ``(B, Cin, X, Y, Z)``, and each member runs over the planes of its own
-            view (:func:`~hippogan.transforms.slicing.plane_inferer`): a multi-view ensemble.
+            view (:func:`~hippogan.transforms.slicing.plane_inferer`): a multi-view ensemble. The members of one
+            view share one pass over its planes; in eval mode all-zero planes (the ROI's padding) skip the
+            networks (:class:`~hippogan.networks.EmptyPlaneSkipper`).
         roi_size: with ``views``, the 2D window the members' planes are padded to (voxels).
         sw_batch_size: with ``views``, planes per member call.
 
@@ -45,12 +49,22 @@ class ProbabilityEnsemble(torch.nn.Module):
             raise ValueError(f"ProbabilityEnsemble: {len(members)} members but {len(views)} views {list(views)}.")
         self.members = torch.nn.ModuleList(members)
         self.views = None if views is None else tuple(views)
-        self.inferers = None if views is None else [plane_inferer(roi_size, sw_batch_size, view=v) for v in views]
+        self._passes = []  # (inferer, member indices, its empty-plane skipper) per view, in order of appearance
+        for view in dict.fromkeys(self.views or ()):
+            indices = [i for i, v in enumerate(self.views) if v == view]
+            self._passes.append((plane_inferer(roi_size, sw_batch_size, view=view), indices,
+                                 EmptyPlaneSkipper(lambda planes, ix=indices: self._mean_probability(planes, ix))))
+
+    def _mean_probability(self, x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([as_plain_tensor(self.members[i](x)).float().softmax(dim=1) for i in indices]).mean(dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inferers is None:
-            outputs = (member(x) for member in self.members)
+        if self.views is None:
+            mean = self._mean_probability(x, range(len(self.members)))
         else:
-            outputs = (inferer(x, member) for inferer, member in zip(self.inferers, self.members))
-        mean = torch.stack([as_plain_tensor(out).float().softmax(dim=1) for out in outputs]).mean(dim=0)
+            mean = 0.0
+            for inferer, indices, skipper in self._passes:
+                per_plane = skipper if not self.training else (lambda p, ix=indices: self._mean_probability(p, ix))
+                mean = mean + len(indices) * as_plain_tensor(inferer(x, per_plane)).float()
+            mean = mean / len(self.members)
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()

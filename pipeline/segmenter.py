@@ -12,7 +12,7 @@ that runs them scan by scan and writes the results. :func:`segmenter_from_bundle
 
 Per scan: ``preprocessing`` gives one ROI sample (a hippocampus crop) or two (left and right of a whole brain),
 the generator runs on every sagittal plane of them in one batch (all-zero planes, the ROI's padding, get the
-network's output for a zero plane without running it: :class:`EmptyPlaneSkipper`), argmax, then
+network's output for a zero plane without running it: :class:`~hippogan.networks.EmptyPlaneSkipper`), argmax, then
 ``postprocessing`` maps each sample back to the input grid; whole-brain sides are merged
 (:func:`~hippogan.transforms.roi.merge_sides`).
 
@@ -41,6 +41,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from hippogan.networks import EmptyPlaneSkipper
 from hippogan.transforms.chains import get_postprocessing
 from hippogan.transforms.keys import IMAGE, PRED, SIDE, UNKNOWN_SIDE
 from hippogan.transforms.loading import scan_stem
@@ -73,7 +74,7 @@ from .results import (
     write_volumes_csv,
 )
 
-__all__ = ["EmptyPlaneSkipper", "Segmenter", "bundle_preprocessing", "segmenter_from_bundle"]
+__all__ = ["Segmenter", "bundle_preprocessing", "segmenter_from_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,38 +83,6 @@ _SCAN_KEYS = (SCAN_WARNINGS, *REGISTRATION_KEYS)
 """Per-scan entries of a sample (the input checks' warnings, the registration's figures): kept out of the batch."""
 _FLUSH_SECONDS = 2.0
 """Longest time a finished scan's rows wait before they are merged into ``volumes.csv``."""
-
-
-class EmptyPlaneSkipper:
-    """Wrap a 2D network so that all-zero input planes skip it: they get its (cached) output for a zero plane.
-
-    In eval mode a 2D network maps each plane independently, so this is exact (up to floating-point
-    rounding); the ROI's zero padding (5-17 of 48 sagittal planes for an MSD crop) then costs nothing.
-
-    The zero-plane output is computed once per plane shape, dtype and device: use one skipper per
-    precision setting (e.g. with or without autocast).
-
-    Args:
-        network: the 2D network ``(N, C, H, W) -> (N, C_out, H, W)``, in eval mode.
-    """
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        self.network = network
-        self._zero_out: dict[tuple, torch.Tensor] = {}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` planes -> ``(N, C_out, H, W)`` network outputs."""
-        empty = ~x.flatten(1).any(dim=1)
-        if not bool(empty.any()):
-            return self.network(x)
-        key = (tuple(x.shape[1:]), x.dtype, x.device)
-        if key not in self._zero_out:
-            self._zero_out[key] = self.network(x.new_zeros((1, *x.shape[1:])))
-        zero_out = self._zero_out[key]
-        out = zero_out.expand(x.shape[0], *zero_out.shape[1:]).clone()
-        if not bool(empty.all()):
-            out[~empty] = self.network(x[~empty]).to(out.dtype)
-        return out
 
 
 def _preprocessing_error(path: object, error: BaseException) -> str:
@@ -159,7 +128,8 @@ class Segmenter:
             whole-brain sides, 2 x 48 planes, in one forward pass).
         device: where the network runs (default: the device of its parameters).
         amp: on CUDA, run the network under float16 autocast (ignored on CPU, which runs float32).
-        skip_empty: all-zero planes get the network's output for a zero plane (:class:`EmptyPlaneSkipper`).
+        skip_empty: all-zero planes get the network's output for a zero plane
+            (:class:`~hippogan.networks.EmptyPlaneSkipper`).
         channels_last: convert the network's weights to ``torch.channels_last`` (in place), which the CPU
             (oneDNN) and CUDA convolutions run faster on (1 CPU thread: -13% for the paper's widths).
         low_confidence: a side whose confidence is below this is flagged "check this scan"

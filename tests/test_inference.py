@@ -21,7 +21,8 @@ from scipy import ndimage
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.inputs import find_inputs
 from hippogan.pipeline.results import VOLUME_COLUMNS, VOLUMES_CSV, self_agreement
-from hippogan.pipeline.segmenter import EmptyPlaneSkipper, Segmenter, segmenter_from_bundle
+from hippogan.networks import EmptyPlaneSkipper
+from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
 from hippogan.pipeline.weights import load_generator
 from hippogan.transforms import IMAGE, HippocampalROICrop, KeepLargestComponent, get_loading, get_preprocessing
 from hippogan.transforms import field_of_view_mm, scan_loader

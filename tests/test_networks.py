@@ -306,6 +306,12 @@ def test_multi_view_ensemble_runs_each_member_over_its_own_planes():
     assert out.shape == (1, 3, 48, 64, 64)
     torch.testing.assert_close(out.softmax(1), expected)
     torch.testing.assert_close(same_view, torch.as_tensor(planes))
+    # zero-padded planes (a crop in its ROI) skip the networks in eval mode, exactly
+    padded = torch.nn.functional.pad(torch.randn(1, 1, 40, 50, 64), (0, 0, 7, 7, 4, 4))
+    three = members + [torch.nn.Conv2d(1, 3, 3, padding=1)]
+    ensemble = ProbabilityEnsemble(three, views=["sagittal", "coronal", "sagittal"])
+    with torch.no_grad():
+        torch.testing.assert_close(ensemble.eval()(padded), ensemble.train()(padded))
     with pytest.raises(ValueError, match="2 members but 1 views"):
         ProbabilityEnsemble(members, views=["sagittal"])
     with pytest.raises(ValueError, match="sagittal, coronal, axial"):
