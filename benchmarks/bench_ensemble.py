@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for fold in folds:
         rows = select_folds(datalist, folds=[fold])
-        tables.append(_ensemble_fold(args.runs, fold, rows, Path("runs/ensemble"), views))
+        tables.append(_ensemble_fold(args.runs, fold, rows, Path("runs/ensemble") / args.out.stem, views))
         logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -122,7 +122,7 @@ def test_inference_config_properties_and_editable_steps(bundle, msd_dir):
     names = [type(t).__name__ for t in workflow.parser.get_parsed_content("preprocessing").transforms]
     assert names == [
         "LoadImaged", "EnsureChannelFirstd", "CheckScand", "RegisterToTemplated", "Orientationd", "Spacingd",
-        "HippocampalROICropd", "ScaleIntensityRangePercentilesNonzerod", "HistogramStandardized",
+        "HippocampalROICropd", "MirrorSided", "ScaleIntensityRangePercentilesNonzerod", "HistogramStandardized",
     ]  # fmt: skip
     post = [type(t).__name__ for t in workflow.parser.get_parsed_content("postprocessing").transforms]
     assert post == ["EnsureTyped", "Invertd", "KeepLargestComponentd"]

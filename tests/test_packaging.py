@@ -35,7 +35,7 @@ SHIPPED = (
     "configs/*.csv",
     "docs/*.md",
     "models/model.pt",
-    "models/model_seed1.pt",
+    "models/model_coronal.pt",
 )
 """The bundle's files that the wheel must carry (as ``setup.cfg``'s package_data), relative to the bundle."""
 PATH_KEYS = ("dataset_dir", "manifest", "input", "output_dir", "ckpt_path", "ckpt_dir")
