@@ -221,7 +221,10 @@ def _segmenter(preprocessing: Compose):
     from hippogan.pipeline.segmenter import Segmenter
 
     post = get_postprocessing(preprocessing, argmax=False, largest_component=True)
-    return Segmenter(_bundle().network, preprocessing=preprocessing, postprocessing=post, device="cpu")
+    bundle = _bundle()
+    return Segmenter(
+        bundle.network, preprocessing=preprocessing, postprocessing=post, inferer=bundle.inferer, device="cpu"
+    )
 
 
 @functools.lru_cache(maxsize=None)
