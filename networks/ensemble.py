@@ -63,8 +63,8 @@ class ProbabilityEnsemble(torch.nn.Module):
             mean = self._mean_probability(x, range(len(self.members)))
         else:
             mean = 0.0
-            for inferer, indices, skipper in self._passes:
-                per_plane = skipper if not self.training else (lambda p, ix=indices: self._mean_probability(p, ix))
+            for inferer, indices, skipper in self._passes:  # training: no cached zero-plane output
+                per_plane = skipper.network if self.training else skipper
                 mean = mean + len(indices) * as_plain_tensor(inferer(x, per_plane)).float()
             mean = mean / len(self.members)
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .checkpoint import load_checkpoint
 from .evaluation import evaluate_files, summarise, write_evaluation
 from .file_io import atomic_path
 from .manifest import FOLD, SUBJECT_ID, select_folds
 from .segmenter import segmenter_from_bundle
-from .checkpoint import load_checkpoint
 from .train_cli import add_train_arguments, build_train_workflow, parse_overrides, run_training
 
 __all__ = ["CV_PER_CASE_CSV", "CV_SUMMARY_CSV", "add_parser", "fold_table", "run_crossval"]
@@ -115,18 +115,16 @@ def run_crossval(
         fold_dir = output_dir / f"fold_{fold}"
         logger.info("fold %d: training in %s", fold, fold_dir)
         last = fold_dir / "checkpoints" / "last.pt"
-        workflow = None
+        fold_overrides, finished = dict(overrides or {}), False
         if resume and last.is_file():
             workflow = build_train_workflow(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
             epochs = int(load_checkpoint(last)["engine"]["epoch"])
-            if epochs < int(workflow.parser.get_parsed_content("max_epochs")):
-                logger.info("fold %d: resuming from %s (epoch %d)", fold, last, epochs)
-                workflow = run_training(dataset_dir, fold_dir, fold, configs, {**(overrides or {}), "resume": True},
-                                        bundle_root, manifest)  # fmt: skip
-            else:
-                logger.info("fold %d: finished (%s, epoch %d): segmenting and scoring only", fold, last, epochs)
-        if workflow is None:
-            workflow = run_training(dataset_dir, fold_dir, fold, configs, overrides, bundle_root, manifest)
+            finished = epochs >= int(workflow.parser.get_parsed_content("max_epochs"))
+            action = "scoring only" if finished else "resuming"
+            logger.info("fold %d: %s from %s (epoch %d)", fold, action, last, epochs)
+            fold_overrides["resume"] = True
+        if not finished:
+            workflow = run_training(dataset_dir, fold_dir, fold, configs, fold_overrides, bundle_root, manifest)
         parser = workflow.parser
         checkpoints = Path(parser.get_parsed_content("ckpt_dir"))
         checkpoint = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
@@ -136,7 +134,6 @@ def run_crossval(
             "mode": "precropped",
             "lcc": lcc,
             "roi_size": parser.get_parsed_content("roi_size"),
-            "ensemble": False,
             "ckpt_views": [parser.get("view", "sagittal")],
             "device": f"$torch.device({str(parser.get_parsed_content('device'))!r})",
         }
