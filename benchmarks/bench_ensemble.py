@@ -181,6 +181,16 @@ def _markdown(
         for metric in METRICS[:3]:
             diff = ens.loc[common, metric] - ref.loc[common, metric]
             lines.append(f"| {name} | {metric} | {diff.mean():+.4f} | {wilcoxon(diff).pvalue:.2g} |")
+    lines += ["", "Members against member 1 (paired over scans; e.g. two recipes' CV runs as members):", "",
+              "| member | metric | mean difference | higher/lower | Wilcoxon p |", "|---|---|---|---|---|"]  # fmt: skip
+    first = members[0].set_index(SUBJECT_ID)
+    for index, member in enumerate(members[1:], start=2):
+        other = member.set_index(SUBJECT_ID)
+        common = first.index.intersection(other.index)
+        for metric in METRICS[:3]:
+            diff = other.loc[common, metric] - first.loc[common, metric]
+            lines.append(f"| member {index} | {metric} | {diff.mean():+.4f} | {(diff > 0).sum()}/{(diff < 0).sum()} "
+                         f"| {wilcoxon(diff).pvalue:.2g} |")  # fmt: skip
     if baselines:
         lines += ["", "Baselines: per-case CSVs of `benchmarks/bench_accuracy.py --cv 5` (the same folds; scored on "
                   "the ROI grid without the largest-component clean-up), paired over the scans both scored."]
