@@ -152,7 +152,10 @@ def _cut(plain: pd.DataFrame, rows: list[dict], out: Path) -> list[pd.DataFrame]
             nib.save(nib.Nifti1Image(split_by_plane(labels, cut), image.affine, image.header), path)
             items[lever].append({**row, "pred": str(path)})
     fold = plain["fold"].iloc[0]
-    return [pd.DataFrame(evaluate_files(i)).assign(lever=k, fold=fold, seconds_per_scan=np.nan) for k, i in items.items()]
+    return [
+        pd.DataFrame(evaluate_files(found)).assign(lever=lever, fold=fold, seconds_per_scan=np.nan)
+        for lever, found in items.items()
+    ]
 
 
 def _markdown(table: pd.DataFrame, command: str) -> str:
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(views) != len(args.runs):
         raise ValueError(f"--views: give one view per run ({len(args.runs)}), got {views}")
     work = Path("runs/inference_levers") / args.out.stem
-    datalist = build_train_workflow(args.dataset_dir, work, manifest=args.manifest).parser.get_parsed_content("datalist")
+    workflow = build_train_workflow(args.dataset_dir, work, manifest=args.manifest)
+    datalist = workflow.parser.get_parsed_content("datalist")
     tables = []
     for fold in args.folds:
         rows = select_folds(datalist, folds=[fold])

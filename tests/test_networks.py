@@ -297,7 +297,7 @@ def test_multi_view_ensemble_runs_each_member_over_its_own_planes():
     members = [torch.nn.Conv2d(1, 3, 3, padding=1) for _ in range(2)]
     volume = torch.randn(1, 1, 48, 64, 64)
     with torch.no_grad():
-        out = ProbabilityEnsemble(members, views=["sagittal", "coronal"])(volume)
+        out = ProbabilityEnsemble(members, views=["sagittal", "coronal"], mirror_check=False)(volume)
         views = ["sagittal", "coronal"]
         expected = [torch.as_tensor(plane_inferer(view=v)(volume, m)).softmax(1) for v, m in zip(views, members)]
         expected = torch.stack(expected).mean(0)
@@ -316,3 +316,38 @@ def test_multi_view_ensemble_runs_each_member_over_its_own_planes():
         ProbabilityEnsemble(members, views=["sagittal"])
     with pytest.raises(ValueError, match="sagittal, coronal, axial"):
         ProbabilityEnsemble(members, views=["sagittal", "oblique"])
+
+
+class _Threshold(torch.nn.Module):
+    """A 2D 'generator' that labels bright pixels hippocampus; with ``left_only`` it finds nothing in a plane whose
+    bright pixels lie mostly in the second half of its first axis (x, for coronal planes): an orientation-dependent
+    model, as a coronal generator trained on left-hippocampus crops is."""
+
+    def __init__(self, left_only: bool = False) -> None:
+        super().__init__()
+        self.left_only = left_only
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        hippocampus = 8.0 * (planes - 0.5)
+        if self.left_only:
+            half = planes.shape[2] // 2
+            mirrored = planes[:, :, half:].sum(dim=(1, 2, 3)) > planes[:, :, :half].sum(dim=(1, 2, 3))
+            hippocampus = torch.where(mirrored[:, None, None, None], torch.full_like(hippocampus, -8.0), hippocampus)
+        return torch.cat([torch.zeros_like(planes), hippocampus, torch.full_like(planes, -8.0)], dim=1)
+
+
+def test_multi_view_ensemble_segments_a_mirrored_crop_as_its_mirror():
+    from hippogan.networks import ProbabilityEnsemble
+
+    volume = torch.zeros(2, 1, 48, 64, 64)
+    volume[0, :, 8:20, 20:40, 24:36] = 1.0  # a structure in the left half of x, as the training crops
+    volume[1] = volume[0].flip(1)  # its mirror: a right hippocampus's crop
+    members = [_Threshold(), _Threshold(left_only=True)]
+    with torch.no_grad():
+        labels = ProbabilityEnsemble(members, views=["sagittal", "coronal"]).eval()(volume).argmax(dim=1)
+        unchecked = ProbabilityEnsemble(members, views=["sagittal", "coronal"], mirror_check=False)(volume)
+    truth = volume[:, 0] > 0.5
+    assert torch.equal(labels == 1, truth)  # both orientations segmented
+    assert torch.equal(labels[1], labels[0].flip(0))
+    assert torch.equal(unchecked.argmax(dim=1)[0] == 1, truth[0])
+    assert not (unchecked.argmax(dim=1)[1] == 1).any()  # unchecked, the coronal member vetoes the mirrored crop

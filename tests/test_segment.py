@@ -179,6 +179,19 @@ def test_shipped_bundle_is_the_default(msd_dir, tmp_path):
     assert 2 * (reference & predicted).sum() / (reference.sum() + predicted.sum()) > 0.8  # binary Dice
 
 
+def test_shipped_ensemble_segments_a_right_hippocampus_crop(msd_dir, tmp_path):
+    """A crop mirrored along x (a right hippocampus's, to the networks) gets the mirrored label map: the shipped
+    coronal generator only knows the MSD crops' (left) orientation, and the ensemble picks it per scan."""
+    image = nib.load(msd_dir / "imagesTr" / "hippocampus_001.nii.gz")
+    mirrored = tmp_path / "right.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1].copy(), image.affine, image.header), mirrored)
+    assert segment(msd_dir / "imagesTr" / "hippocampus_001.nii.gz", mirrored, "--out", tmp_path / "out", "--no-qc") == 0
+    left = np.asarray(nib.load(tmp_path / "out" / "hippocampus_001.nii.gz").dataobj)
+    right = np.asarray(nib.load(tmp_path / "out" / "right.nii.gz").dataobj)[::-1]
+    assert (left == right).mean() > 0.995  # labels 0, 1, 2 voxel by voxel
+    assert 2 * ((left > 0) & (right > 0)).sum() / ((left > 0).sum() + (right > 0).sum()) > 0.97
+
+
 def test_no_qc_and_infer_alias_write_label_maps_and_table_only(bundle, msd_dir, tmp_path):
     image = msd_dir / "imagesTr" / "hippocampus_001.nii.gz"
     for command in ("segment", "infer"):

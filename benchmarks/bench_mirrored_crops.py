@@ -1,0 +1,163 @@
+"""Crops of a right hippocampus: the multi-view ensemble's orientation check, on the cross-validation.
+
+The MSD training crops all have the left hippocampus's orientation. A user's crop of a right hippocampus is, to
+the networks, a left one mirrored along x. For every fold k of ``hippogan cv`` runs of the sagittal and the
+coronal recipe (``--runs``, the views in that order), the fold's held-out scans are segmented as given and
+mirrored along x (image and label, written under ``runs/mirrored_crops/``) through the bundle's inference chain
+(``precropped`` mode, largest-component clean-up), by:
+
+- ``sagittal``: the sagittal generator alone (mirror-invariant: mirroring reverses its planes' order);
+- ``coronal``: the coronal generator alone;
+- ``sagittal + coronal, unchecked``: the two as one model, each plane as given (``mirror_check=False``);
+- ``sagittal + coronal``: the two as one model with the orientation check (the default,
+  :class:`~hippogan.networks.ProbabilityEnsemble`): the coronal member also runs on the x-mirrored ROI, and per
+  scan the orientation whose hippocampus probability agrees better with the sagittal member's is kept.
+
+Reported: binary, anterior and posterior DSC of each model on the scans as given and mirrored, the check's
+picks (the mirrored orientation should be picked for the mirrored scans only) with the smallest margin between
+the two soft Dice values, and seconds per scan. Run from the repository root, e.g.::
+
+    python benchmarks/bench_mirrored_crops.py --runs runs/cv5_a runs/cv5_cor --manifest runs/cv5_manifest.csv \\
+        --dataset-dir ../shared/data/msd_hippocampus --out benchmarks/results/mirrored_crops.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from hippogan.networks.ensemble import _soft_dice
+from hippogan.pipeline.evaluation import evaluate_files
+from hippogan.pipeline.manifest import SUBJECT_ID, select_folds
+from hippogan.pipeline.segmenter import segmenter_from_bundle
+from hippogan.pipeline.train_cli import build_train_workflow
+from hippogan.transforms import plane_inferer
+
+__all__ = ["main"]
+
+logger = logging.getLogger("bench_mirrored_crops")
+
+WORK = Path("runs/mirrored_crops")
+MODELS = {  # name: (members' views, mirror_check)
+    "sagittal": (["sagittal"], True),
+    "coronal": (["coronal"], True),
+    "sagittal + coronal, unchecked": (["sagittal", "coronal"], False),
+    "sagittal + coronal": (["sagittal", "coronal"], True),
+}
+
+
+def _mirror(rows: list[dict], out: Path) -> list[dict]:
+    """The rows' images and labels flipped along their first voxel axis (x: the MSD crops are RAS), same header."""
+    out.mkdir(parents=True, exist_ok=True)
+    mirrored = []
+    for row in rows:
+        paths = {}
+        for key in ("image", "label"):
+            image = nib.load(row[key])
+            paths[key] = str(out / f"{key}_{Path(row[key]).name}")
+            nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1].copy(), image.affine, image.header), paths[key])
+        mirrored.append({**row, **paths})
+    return mirrored
+
+
+def _picks(segmenter, networks: dict, rows: list[dict]) -> list[tuple[bool, float]]:
+    """Per row: whether the check keeps the mirrored orientation, and the soft-Dice margin between the two."""
+    sagittal, coronal = plane_inferer(view="sagittal"), plane_inferer(view="coronal")
+    picks = []
+    for row in rows:
+        roi = segmenter.preprocessing({"image": row["image"]})["image"].as_tensor()[None]
+        with torch.inference_mode():
+            reference = sagittal(roi, networks["sagittal"]).softmax(dim=1)
+            given = _soft_dice(reference, coronal(roi, networks["coronal"]).softmax(dim=1))
+            mirrored = _soft_dice(reference, coronal(roi.flip(2), networks["coronal"]).softmax(dim=1).flip(2))
+        picks.append((bool(mirrored > given), float((mirrored - given).abs())))
+    return picks
+
+
+def _fold(runs: list[Path], fold: int, rows: list[dict]) -> pd.DataFrame:
+    views = ["sagittal", "coronal"]
+    checkpoints = {view: str(run / f"fold_{fold}" / "checkpoints" / "best.pt") for run, view in zip(runs, views)}
+    inputs = {"as given": rows, "mirrored": _mirror(rows, WORK / f"inputs_fold_{fold}")}
+    frames = []
+    for name, (model_views, check) in MODELS.items():
+        segmenter = segmenter_from_bundle(
+            overrides={"mode": "precropped", "device": "$torch.device('cpu')", "ckpt_views": model_views,
+                       "ckpt_paths": [checkpoints[v] for v in model_views], "ensemble": len(model_views) > 1}
+        )  # fmt: skip
+        if len(model_views) > 1:
+            segmenter.network.mirror_check = check
+        for orientation, items in inputs.items():
+            start = time.perf_counter()
+            written = segmenter.run(items, WORK / f"{name}_{orientation}_fold_{fold}".replace(" ", "_"), progress=False)
+            seconds = (time.perf_counter() - start) / len(items)
+            scored = pd.DataFrame(evaluate_files([{**r, "pred": written.label_maps[r[SUBJECT_ID]]} for r in items]))
+            frames.append(scored.assign(model=name, orientation=orientation, fold=fold, seconds_per_scan=seconds))
+        if name == "sagittal + coronal":
+            members = dict(zip(model_views, segmenter.network.members))
+            for orientation, items in inputs.items():
+                picked = _picks(segmenter, members, items)
+                frames[-2 if orientation == "as given" else -1]["picked_mirrored"] = [p for p, _ in picked]
+                frames[-2 if orientation == "as given" else -1]["pick_margin"] = [m for _, m in picked]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _markdown(table: pd.DataFrame, command: str) -> str:
+    lines = [
+        "# Crops of a right hippocampus: the multi-view ensemble's orientation check", "", f"`{command}`", "",
+        "Held-out CV scans as given and mirrored along x (a right hippocampus's crop); DSC with the largest-component "
+        "clean-up on each scan's own grid.", "",
+        "| model | scans | as given: binary DSC | anterior | posterior | mirrored: binary DSC | anterior | posterior | "
+        "s/scan |", "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name in MODELS:
+        rows = table[table.model == name]
+        given, mirrored = rows[rows.orientation == "as given"], rows[rows.orientation == "mirrored"]
+        cells = [name, str(len(given))]
+        cells += [f"{part[m].mean():.4f}" for part in (given, mirrored) for m in ("dsc", "dsc_class1", "dsc_class2")]
+        lines.append("| " + " | ".join(cells + [f"{rows.seconds_per_scan.mean():.2f}"]) + " |")
+    checked = table[table.model == "sagittal + coronal"]
+    right = (checked.picked_mirrored == (checked.orientation == "mirrored")).sum()
+    lines += ["", f"Orientation check: the right orientation picked for {right} of {len(checked)} scans (as given "
+              f"and mirrored); smallest soft-Dice margin between the two orientations {checked.pick_margin.min():.3f}, "
+              f"median {checked.pick_margin.median():.3f}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs=2, required=True, help="`hippogan cv` runs: sagittal, coronal")
+    parser.add_argument("--manifest", type=Path, required=True, help="the manifest the runs were trained with")
+    parser.add_argument("--dataset-dir", type=Path, required=True)
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mirrored_crops.md"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    workflow = build_train_workflow(args.dataset_dir, WORK, manifest=args.manifest)
+    datalist = workflow.parser.get_parsed_content("datalist")
+    tables = []
+    for fold in args.folds:
+        tables.append(_fold(args.runs, fold, select_folds(datalist, folds=[fold])))
+        logger.info("fold %d done", fold)
+    table = pd.concat(tables, ignore_index=True)
+    command = "python benchmarks/bench_mirrored_crops.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = _markdown(table, command)
+    partial = args.out.with_suffix(".md.tmp")
+    partial.write_text(text)
+    partial.replace(args.out)
+    table.to_csv(args.out.with_suffix(".csv"), index=False)
+    logger.info("%s\nwrote %s", text, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
