@@ -192,8 +192,9 @@ def _markdown(
             lines.append(f"| member {index} | {metric} | {diff.mean():+.4f} | {(diff > 0).sum()}/{(diff < 0).sum()} "
                          f"| {wilcoxon(diff).pvalue:.2g} |")  # fmt: skip
     if baselines:
-        lines += ["", "Baselines: per-case CSVs of `benchmarks/bench_accuracy.py --cv 5` (the same folds; scored on "
-                  "the ROI grid without the largest-component clean-up), paired over the scans both scored."]
+        lines += ["", "Baselines: the per-case CSVs named in the command (the same folds), paired over the scans both "
+                  "scored; those of `benchmarks/bench_accuracy.py` are scored on the ROI grid without the "
+                  "largest-component clean-up, an earlier output of this script as the table above."]
     lines += [
         "",
         f"Confidence against the real binary DSC ({len(table)} held-out scans; single: member 1's own confidence and "
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", nargs="+", default=[], metavar="NAME=CSV",
         help="per-case CSVs of other models on the same folds, '{fold}' in the path for one file a fold, e.g. "
-        "unet2d=benchmarks/results/cv5/accuracy_unet2d_fold{fold}_cases.csv: paired tests against the ensemble",
+        "unet2d=benchmarks/results/cv5/accuracy_unet2d_fold{fold}_cases.csv, or one file with a fold column (an "
+        "earlier run's output, e.g. benchmarks/results/multiview.csv): paired tests against the ensemble",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_confidence.md"))
     args = parser.parse_args(argv)
@@ -259,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {}
     for spec in args.baseline:
         name, _, pattern = spec.partition("=")
-        files = [Path(pattern.format(fold=fold)) for fold in folds]
+        files = [Path(pattern.format(fold=fold)) for fold in folds] if "{fold}" in pattern else [Path(pattern)]
         found = [pd.read_csv(f, dtype={SUBJECT_ID: str}) for f in files if f.is_file()]
+        found = [f[f[FOLD].isin(folds)] if FOLD in f else f for f in found]  # one file of all folds: these
         if not name or not found:
             raise ValueError(f"--baseline {spec!r}: expected NAME=CSV naming existing files ({files[0]}, ...)")
         baselines[name] = pd.concat(found, ignore_index=True).set_index(SUBJECT_ID)

@@ -10,12 +10,13 @@ mirrored along x (image and label, written under ``runs/mirrored_crops/``) throu
 - ``coronal``: the coronal generator alone;
 - ``sagittal + coronal, unchecked``: the two as one model, each plane as given (``mirror_check=False``);
 - ``sagittal + coronal``: the two as one model with the orientation check (the default,
-  :class:`~hippogan.networks.ProbabilityEnsemble`): the coronal member also runs on the x-mirrored ROI, and per
-  scan the orientation whose hippocampus probability agrees better with the sagittal member's is kept.
+  :class:`~hippogan.networks.ProbabilityEnsemble`): the coronal member first runs on every 4th coronal plane of
+  the ROI as given and x-mirrored, and per scan the orientation whose hippocampus probability agrees better with
+  the sagittal member's is the one its full pass runs in.
 
 Reported: binary, anterior and posterior DSC of each model on the scans as given and mirrored, the check's
-picks (the mirrored orientation should be picked for the mirrored scans only) with the smallest margin between
-the two soft Dice values, and seconds per scan. Run from the repository root, e.g.::
+picks (the mirrored orientation should be picked for the mirrored scans only) with their soft-Dice margins, and
+seconds per scan. Run from the repository root, e.g.::
 
     python benchmarks/bench_mirrored_crops.py --runs runs/cv5_a runs/cv5_cor --manifest runs/cv5_manifest.csv \\
         --dataset-dir ../shared/data/msd_hippocampus --out benchmarks/results/mirrored_crops.md
@@ -34,12 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hippogan.networks.ensemble import _soft_dice
+from hippogan.networks.ensemble import MIRROR_CHECK_STRIDE, mirror_margin
 from hippogan.pipeline.evaluation import evaluate_files
 from hippogan.pipeline.manifest import SUBJECT_ID, select_folds
 from hippogan.pipeline.segmenter import segmenter_from_bundle
 from hippogan.pipeline.train_cli import build_train_workflow
-from hippogan.transforms import plane_inferer
+from hippogan.transforms import plane_inferer, view_axis
 
 __all__ = ["main"]
 
@@ -68,18 +69,21 @@ def _mirror(rows: list[dict], out: Path) -> list[dict]:
     return mirrored
 
 
-def _picks(segmenter, networks: dict, rows: list[dict]) -> list[tuple[bool, float]]:
-    """Per row: whether the check keeps the mirrored orientation, and the soft-Dice margin between the two."""
+def _picks(segmenter, networks: dict, rows: list[dict]) -> list[float]:
+    """Per row, the orientation check's margin (:func:`~hippogan.networks.ensemble.mirror_margin`, as the
+    ensemble computes it; > 0: the mirrored orientation is kept)."""
     sagittal, coronal = plane_inferer(view="sagittal"), plane_inferer(view="coronal")
-    picks = []
+
+    def run(volume: torch.Tensor) -> torch.Tensor:
+        return coronal(volume, networks["coronal"]).softmax(dim=1)
+
+    margins = []
     for row in rows:
         roi = segmenter.preprocessing({"image": row["image"]})["image"].as_tensor()[None]
         with torch.inference_mode():
             reference = sagittal(roi, networks["sagittal"]).softmax(dim=1)
-            given = _soft_dice(reference, coronal(roi, networks["coronal"]).softmax(dim=1))
-            mirrored = _soft_dice(reference, coronal(roi.flip(2), networks["coronal"]).softmax(dim=1).flip(2))
-        picks.append((bool(mirrored > given), float((mirrored - given).abs())))
-    return picks
+            margins.append(float(mirror_margin(roi, run, reference, 2 + view_axis("coronal"))))
+    return margins
 
 
 def _fold(runs: list[Path], fold: int, rows: list[dict]) -> pd.DataFrame:
@@ -102,10 +106,8 @@ def _fold(runs: list[Path], fold: int, rows: list[dict]) -> pd.DataFrame:
             frames.append(scored.assign(model=name, orientation=orientation, fold=fold, seconds_per_scan=seconds))
         if name == "sagittal + coronal":
             members = dict(zip(model_views, segmenter.network.members))
-            for orientation, items in inputs.items():
-                picked = _picks(segmenter, members, items)
-                frames[-2 if orientation == "as given" else -1]["picked_mirrored"] = [p for p, _ in picked]
-                frames[-2 if orientation == "as given" else -1]["pick_margin"] = [m for _, m in picked]
+            for frame, items in zip(frames[-2:], inputs.values()):
+                frame["mirror_margin"] = _picks(segmenter, members, items)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -124,10 +126,10 @@ def _markdown(table: pd.DataFrame, command: str) -> str:
         cells += [f"{part[m].mean():.4f}" for part in (given, mirrored) for m in ("dsc", "dsc_class1", "dsc_class2")]
         lines.append("| " + " | ".join(cells + [f"{rows.seconds_per_scan.mean():.2f}"]) + " |")
     checked = table[table.model == "sagittal + coronal"]
-    right = (checked.picked_mirrored == (checked.orientation == "mirrored")).sum()
-    lines += ["", f"Orientation check: the right orientation picked for {right} of {len(checked)} scans (as given "
-              f"and mirrored); smallest soft-Dice margin between the two orientations {checked.pick_margin.min():.3f}, "
-              f"median {checked.pick_margin.median():.3f}.", ""]  # fmt: skip
+    margin = checked.mirror_margin.where(checked.orientation == "mirrored", -checked.mirror_margin)  # > 0: right
+    lines += ["", f"Orientation check (every {MIRROR_CHECK_STRIDE}th coronal plane): the right orientation picked "
+              f"for {(margin > 0).sum()} of {len(checked)} scans (as given and mirrored); soft-Dice margin toward the "
+              f"right one: smallest {margin.min():.3f}, median {margin.median():.3f}.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
