@@ -40,8 +40,7 @@ class ProbabilityEnsemble(torch.nn.Module):
     x-mirrored, and per sample the orientation whose hippocampus probability ``1 - p(background)`` agrees better
     (soft Dice) with the sagittal members' there is the one their full pass runs in (``benchmarks/results/
     mirrored_crops.md``: on the 200 CV scans, as given and mirrored, 400 of 400 orientations picked right, the
-    closest by 0.15 soft Dice). It costs
-    half a pass of those members more.
+    closest by 0.15 soft Dice). It costs half a pass of those members more.
 
     ``forward``: ``(B, Cin, *S)`` -> ``(B, C, *S)``, the log of the members' mean probability, so that it can stand
     where one network's logits do: its softmax is the mean probability and its argmax the ensemble's labels.
@@ -65,7 +64,8 @@ class ProbabilityEnsemble(torch.nn.Module):
             raise ValueError(f"ProbabilityEnsemble: {len(members)} members but {len(views)} views {list(views)}.")
         self.members = torch.nn.ModuleList(members)
         self.views = None if views is None else tuple(views)
-        self.mirror_check = mirror_check and self.views is not None and len({view_axis(v) == 0 for v in self.views}) > 1
+        # the check needs sagittal members (the reference) and members of another view
+        self.mirror_check = mirror_check and len({view_axis(v) == 0 for v in self.views or ()}) == 2
         self._passes = []  # (inferer, member indices, its empty-plane skipper) per view, in order of appearance
         for view in dict.fromkeys(self.views or ()):
             indices = [i for i, v in enumerate(self.views) if v == view]
