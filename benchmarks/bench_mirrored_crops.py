@@ -37,6 +37,7 @@ import torch
 
 from hippogan.networks.ensemble import MIRROR_CHECK_STRIDE, mirror_margin
 from hippogan.pipeline.evaluation import evaluate_files
+from hippogan.pipeline.file_io import atomic_path, writable_folder
 from hippogan.pipeline.manifest import SUBJECT_ID, select_folds
 from hippogan.pipeline.segmenter import segmenter_from_bundle
 from hippogan.pipeline.train_cli import build_train_workflow
@@ -103,11 +104,10 @@ def _fold(runs: list[Path], fold: int, rows: list[dict]) -> pd.DataFrame:
             written = segmenter.run(items, WORK / f"{name}_{orientation}_fold_{fold}".replace(" ", "_"), progress=False)
             seconds = (time.perf_counter() - start) / len(items)
             scored = pd.DataFrame(evaluate_files([{**r, "pred": written.label_maps[r[SUBJECT_ID]]} for r in items]))
-            frames.append(scored.assign(model=name, orientation=orientation, fold=fold, seconds_per_scan=seconds))
-        if name == "sagittal + coronal":
-            members = dict(zip(model_views, segmenter.network.members))
-            for frame, items in zip(frames[-2:], inputs.values()):
-                frame["mirror_margin"] = _picks(segmenter, members, items)
+            scored = scored.assign(model=name, orientation=orientation, fold=fold, seconds_per_scan=seconds)
+            if len(model_views) > 1 and check:
+                scored["mirror_margin"] = _picks(segmenter, dict(zip(model_views, segmenter.network.members)), items)
+            frames.append(scored)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_mirrored_crops.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = _markdown(table, command)
-    partial = args.out.with_suffix(".md.tmp")
-    partial.write_text(text)
-    partial.replace(args.out)
-    table.to_csv(args.out.with_suffix(".csv"), index=False)
+    writable_folder(args.out.parent, "results folder")
+    with atomic_path(args.out) as partial:
+        partial.write_text(text)
+    with atomic_path(args.out.with_suffix(".csv")) as partial:
+        table.to_csv(partial, index=False)
     logger.info("%s\nwrote %s", text, args.out)
     return 0
 

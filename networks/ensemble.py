@@ -66,10 +66,12 @@ class ProbabilityEnsemble(torch.nn.Module):
         self.views = None if views is None else tuple(views)
         # the check needs sagittal members (the reference) and members of another view
         self.mirror_check = mirror_check and len({view_axis(v) == 0 for v in self.views or ()}) == 2
-        self._passes = []  # (inferer, member indices, its empty-plane skipper) per view, in order of appearance
-        for view in dict.fromkeys(self.views or ()):
+        # per view, sagittal first (the orientation check's reference): (its axis, inferer, member indices,
+        # empty-plane skipper)
+        self._passes = []
+        for view in sorted(dict.fromkeys(self.views or ()), key=lambda v: view_axis(v) != 0):
             indices = [i for i, v in enumerate(self.views) if v == view]
-            self._passes.append((plane_inferer(roi_size, sw_batch_size, view=view), indices,
+            self._passes.append((view_axis(view), plane_inferer(roi_size, sw_batch_size, view=view), indices,
                                  EmptyPlaneSkipper(lambda planes, ix=indices: self._mean_probability(planes, ix))))
 
     def _mean_probability(self, x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -79,23 +81,21 @@ class ProbabilityEnsemble(torch.nn.Module):
         if self.views is None:
             mean = self._mean_probability(x, range(len(self.members)))
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
-        passes = sorted(self._passes, key=lambda p: view_axis(self.views[p[1][0]]) != 0)  # sagittal first
         total, sagittal = 0.0, None
-        for inferer, indices, skipper in passes:
+        for axis, inferer, indices, skipper in self._passes:
             per_plane = skipper.network if self.training else skipper  # training: no cached zero-plane output
 
             def run(volume: torch.Tensor) -> torch.Tensor:  # the view's members' summed probabilities
                 return len(indices) * as_plain_tensor(inferer(volume, per_plane)).float()
 
-            axis = view_axis(self.views[indices[0]])
-            if axis == 0 or not self.mirror_check:
-                probabilities = run(x)
-                sagittal = probabilities if axis == 0 else sagittal  # one pass a view: at most one sagittal
-            else:
+            if axis != 0 and self.mirror_check:
                 mirrored = (mirror_margin(x, run, sagittal, 2 + axis) > 0).view(-1, *[1] * (x.ndim - 1))
-                oriented = torch.where(mirrored, x.flip(2), x)
-                probabilities = run(oriented)
+                probabilities = run(torch.where(mirrored, x.flip(2), x))
                 probabilities = torch.where(mirrored, probabilities.flip(2), probabilities)
+            else:
+                probabilities = run(x)
+                if axis == 0:
+                    sagittal = probabilities
             total = total + probabilities
         mean = total / len(self.members)
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
