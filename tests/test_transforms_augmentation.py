@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from monai.data import set_track_meta
 
@@ -16,10 +17,13 @@ def _plane() -> dict[str, torch.Tensor]:
     return {IMAGE: label / 2.0, LABEL: label}  # the image is the label, so both must move alike
 
 
-def test_augmentation_keeps_label_values_and_moves_image_and_label_together() -> None:
+@pytest.mark.parametrize(
+    "geometry", [{"prob": 1.0}, {"prob": 0.0, "elastic_prob": 1.0}], ids=["affine", "elastic"]
+)
+def test_augmentation_keeps_label_values_and_moves_image_and_label_together(geometry: dict) -> None:
     set_track_meta(False)
     try:
-        aug = get_plane_augmentation(prob=1.0, intensity_prob=0.0)
+        aug = get_plane_augmentation(intensity_prob=0.0, **geometry)
         aug.set_random_state(0)
         moved = 0
         for _ in range(10):
@@ -47,3 +51,16 @@ def test_augmentation_is_seeded_and_off_at_zero_probability() -> None:
     out = off(_plane())
     torch.testing.assert_close(torch.as_tensor(out[IMAGE]), _plane()[IMAGE])
     assert torch.equal(torch.as_tensor(out[LABEL]), _plane()[LABEL])
+
+
+def test_bias_field_changes_the_image_smoothly_and_leaves_the_label() -> None:
+    aug = get_plane_augmentation(prob=0.0, intensity_prob=0.0, bias_field_prob=1.0)
+    aug.set_random_state(0)
+    plane = _plane()
+    plane[IMAGE] = torch.full((1, 64, 64), 0.5)
+    out = aug(plane)
+    assert torch.equal(torch.as_tensor(out[LABEL]), plane[LABEL])
+    field = torch.as_tensor(out[IMAGE]) / 0.5
+    assert field.std() > 0.01  # a field, not a constant
+    for step in (field[:, 1:] / field[:, :-1], field[:, :, 1:] / field[:, :, :-1]):
+        assert (step - 1).abs().max() < 0.1  # smooth: under 10% from one pixel to the next
