@@ -8,12 +8,14 @@ Wilcoxon signed-rank p. Unlike :mod:`bench_ensemble` it segments nothing, so the
 network (e.g. its widths). Run from the repository root after both CV runs, e.g.::
 
     hippogan cv ... --output-dir runs/cv5_wide ... "network_def#channels=[32, 64, 128, 256]"
-    python benchmarks/bench_cv_lever.py --runs runs/cv5_a runs/cv5_wide --out benchmarks/results/width.md
+    python benchmarks/bench_cv_lever.py --runs runs/cv5_a runs/cv5_wide --lever "encoder 32-64-128-256" \\
+        --out benchmarks/results/width.md
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,12 +53,13 @@ def lever_table(baseline: pd.DataFrame, lever: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(runs: list[Path], scores: list[pd.DataFrame], table: pd.DataFrame, command: str) -> str:
+def _markdown(runs: list[Path], scores: list[pd.DataFrame], table: pd.DataFrame, command: str, lever: str) -> str:
     folds = sorted(set(scores[0][FOLD]) & set(scores[1][FOLD]))
     lines = [
         "# A training lever on the cross-validation (issue 14)", "",
-        f"Written by `{command}`. The module docstring gives the method. Per-fold means; `mean` is the mean of the "
-        "fold means; each scan on its own grid with the largest-component clean-up.", "",
+        f"The lever: {lever}. Per-fold means; `mean` is the mean of the fold means; each scan on its own grid with "
+        "the largest-component clean-up. The module docstring gives the method. Written by:", "", "```", command,
+        "```", "",
         "| run | " + " | ".join(f"fold {k}" for k in folds) + " | mean binary DSC | anterior | posterior | HD95 mm |",
         "|---|" + "---|" * (len(folds) + 4),
     ]
@@ -76,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs=2, required=True, metavar=("BASELINE", "LEVER"),
                         help="two `hippogan cv` output folders: the baseline, then the one with the lever")  # fmt: skip
+    parser.add_argument("--lever", required=True, help="what the second run changes, e.g. its `hippogan cv` overrides")
     parser.add_argument("--out", type=Path, required=True, help="the Markdown report (a .csv of the tests beside it)")
     args = parser.parse_args(argv)
     scores = [_scores(run) for run in args.runs]
     table = lever_table(*scores)
-    command = "python benchmarks/bench_cv_lever.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = _markdown(args.runs, scores, table, command)
+    command = shlex.join(["python", "benchmarks/bench_cv_lever.py", *(sys.argv[1:] if argv is None else argv)])
+    text = _markdown(args.runs, scores, table, command, args.lever)
     writable_folder(args.out.parent, "results folder")
     with atomic_path(args.out) as partial:
         partial.write_text(text)
