@@ -2,7 +2,7 @@
 
 Reads each run's per-case scores (``fold_k/evaluation/metrics_per_case.csv``: each held-out scan segmented by the
 fold's best generator through the bundle's inference and scored on its own grid, with the largest-component
-clean-up) and reports the per-fold mean binary DSC, the mean anterior and posterior DSC and HD95 of both runs,
+clean-up; or, for two models on one held-out fold, the ``metrics_per_case.csv`` of two ``evaluate.yaml`` runs) and reports the per-fold mean binary DSC, the mean anterior and posterior DSC and HD95 of both runs,
 and the lever (``--runs`` second minus first) paired over the scans: mean difference, scans higher/lower,
 Wilcoxon signed-rank p. Unlike :mod:`bench_ensemble` it segments nothing, so the runs may differ in their
 network (e.g. its widths). Run from the repository root after both CV runs, e.g.::
@@ -32,10 +32,14 @@ METRICS = ("dsc", "dsc_class1", "dsc_class2", "hd95")
 
 
 def _scores(run: Path) -> pd.DataFrame:
-    """A CV run's per-case scores over the folds it finished (``fold`` column added)."""
+    """A CV run's per-case scores over the folds it finished (``fold`` column added), or an ``evaluate.yaml``
+    output folder's (one held-out fold, ``fold`` 0)."""
+    if (run / PER_CASE_CSV).is_file():
+        return pd.read_csv(run / PER_CASE_CSV, dtype={SUBJECT_ID: str}).assign(**{FOLD: 0})
     paths = sorted(run.glob(f"fold_*/evaluation/{PER_CASE_CSV}"))
     if not paths:
-        raise ValueError(f"{run}: no fold_*/evaluation/{PER_CASE_CSV}; is it a finished `hippogan cv` run?")
+        raise ValueError(f"{run}: no {PER_CASE_CSV} nor fold_*/evaluation/{PER_CASE_CSV}; is it a finished "
+                         "`hippogan cv` run or an evaluate.yaml output?")  # fmt: skip
     frames = [pd.read_csv(p, dtype={SUBJECT_ID: str}).assign(**{FOLD: int(p.parts[-3].split("_")[1])}) for p in paths]
     return pd.concat(frames, ignore_index=True)
 
