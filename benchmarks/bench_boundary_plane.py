@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from hippogan.pipeline.file_io import atomic_path, writable_folder
+from hippogan.pipeline.file_io import write_results
 from hippogan.pipeline.manifest import SUBJECT_ID, load_manifest
 
 __all__ = ["leave_one_out_error", "main", "shape_features"]
@@ -65,20 +65,26 @@ def leave_one_out_error(features: np.ndarray, target: np.ndarray) -> np.ndarray:
 def _planes(runs: list[Path], manifest: Path, dataset_dir: Path) -> pd.DataFrame:
     """One row a scan: the label's plane and shape, each run's plane, the first run's predicted shape."""
     labels = {row[SUBJECT_ID]: row["label"] for row in load_manifest(manifest, dataset_dir) if "label" in row}
+    predictions = [  # per run, subject -> its label map (one glob a run)
+        {path.name.removesuffix(".nii.gz"): path for path in run.glob("fold_*/predictions/*.nii.gz")} for run in runs
+    ]
     rows = []
-    for path in sorted(runs[0].glob("fold_*/predictions/*.nii.gz")):
-        subject = path.name.removesuffix(".nii.gz")
+    for subject in sorted(predictions[0], key=predictions[0].get):  # fold by fold
         truth = np.asarray(nib.load(labels[subject]).dataobj)
         row = {SUBJECT_ID: subject, "label": best_plane(truth)}
         row.update(zip(("label_first", "label_last", "label_centroid"), shape_features(truth)))
-        for run in runs:
-            (prediction,) = run.glob(f"fold_*/predictions/{path.name}")
-            predicted = np.asarray(nib.load(prediction).dataobj)
+        for index, (run, paths) in enumerate(zip(runs, predictions)):
+            predicted = np.asarray(nib.load(paths[subject]).dataobj)
             row[run.name] = best_plane(predicted)
-            if run == runs[0]:
+            if index == 0:
                 row.update(zip(("pred_first", "pred_last", "pred_centroid"), shape_features(predicted)))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _error_row(title: str, error: np.ndarray) -> str:
+    """A table row: ``title``, then the errors' mean (bias), SD and mean absolute value, in slices."""
+    return f"| {title} | {error.mean():+.2f} | {error.std():.2f} | {np.abs(error).mean():.2f} |"
 
 
 def _markdown(table: pd.DataFrame, runs: list[Path], command: str) -> str:
@@ -91,7 +97,7 @@ def _markdown(table: pd.DataFrame, runs: list[Path], command: str) -> str:
     ]
     for name in names:
         error = table[name] - table["label"]
-        lines.append(f"| {name} (its prediction) | {error.mean():+.2f} | {error.std():.2f} | {error.abs().mean():.2f} |")
+        lines.append(_error_row(f"{name} (its prediction)", error.to_numpy(float)))
     label_shape = ["label_first", "label_last", "label_centroid"]
     predicted_shape = ["pred_first", "pred_last", "pred_centroid"]
     predictors = {
@@ -102,7 +108,7 @@ def _markdown(table: pd.DataFrame, runs: list[Path], command: str) -> str:
     }
     for title, columns in predictors.items():
         error = leave_one_out_error(table[columns].to_numpy(float), table["label"].to_numpy(float))
-        lines.append(f"| {title} | {error.mean():+.2f} | {error.std():.2f} | {np.abs(error).mean():.2f} |")
+        lines.append(_error_row(title, error))
     return "\n".join(lines) + "\n"
 
 
@@ -116,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _planes(args.runs, args.manifest, args.dataset_dir)
     command = "python benchmarks/bench_boundary_plane.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = _markdown(table, args.runs, command)
-    writable_folder(args.out.parent, "results folder")
-    with atomic_path(args.out) as partial:
-        partial.write_text(text)
-    with atomic_path(args.out.with_suffix(".csv")) as partial:
-        table.to_csv(partial, index=False)
+    write_results(args.out, text, table)
     print(text)
     return 0
 

@@ -2,7 +2,8 @@
 
 Reads each run's per-case scores (``fold_k/evaluation/metrics_per_case.csv``: each held-out scan segmented by the
 fold's best generator through the bundle's inference and scored on its own grid, with the largest-component
-clean-up; or, for two models on one held-out fold, the ``metrics_per_case.csv`` of two ``evaluate.yaml`` runs) and reports the per-fold mean binary DSC, the mean anterior and posterior DSC and HD95 of both runs,
+clean-up; or, for two models on one held-out fold, the ``metrics_per_case.csv`` of two ``evaluate.yaml`` runs)
+and reports the per-fold mean binary DSC, the mean anterior and posterior DSC and HD95 of both runs,
 and the lever (``--runs`` second minus first) paired over the scans: mean difference, scans higher/lower,
 Wilcoxon signed-rank p. Unlike :mod:`bench_ensemble` it segments nothing, so the runs may differ in their
 network (e.g. its widths). Run from the repository root after both CV runs, e.g.::
@@ -23,7 +24,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from hippogan.pipeline.evaluation import PER_CASE_CSV
-from hippogan.pipeline.file_io import atomic_path, writable_folder
+from hippogan.pipeline.file_io import write_results
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID
 
 __all__ = ["lever_table", "main"]
@@ -70,8 +71,9 @@ def _markdown(runs: list[Path], scores: list[pd.DataFrame], table: pd.DataFrame,
     for run, frame in zip(runs, scores):
         frame = frame[frame[FOLD].isin(folds)]
         means = frame.groupby(FOLD)[list(METRICS)].mean()
-        lines.append(f"| {run} | " + " | ".join(f"{v:.4f}" for v in means["dsc"]) + f" | {means['dsc'].mean():.4f} | "
-                     f"{means['dsc_class1'].mean():.4f} | {means['dsc_class2'].mean():.4f} | {means['hd95'].mean():.2f} |")  # fmt: skip
+        folds_dsc = " | ".join(f"{v:.4f}" for v in means["dsc"])
+        overall = " | ".join(f"{means[m].mean():.{2 if m == 'hd95' else 4}f}" for m in METRICS)
+        lines.append(f"| {run} | {folds_dsc} | {overall} |")
     lines += ["", f"{runs[1]} against {runs[0]}, paired over scans:", "",
               "| metric | scans | mean difference | higher/lower | Wilcoxon p |", "|---|---|---|---|---|"]  # fmt: skip
     for row in table.itertuples():
@@ -90,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     table = lever_table(*scores)
     command = shlex.join(["python", "benchmarks/bench_cv_lever.py", *(sys.argv[1:] if argv is None else argv)])
     text = _markdown(args.runs, scores, table, command, args.lever)
-    writable_folder(args.out.parent, "results folder")
-    with atomic_path(args.out) as partial:
-        partial.write_text(text)
-    with atomic_path(args.out.with_suffix(".csv")) as partial:
-        table.to_csv(partial, index=False)
+    write_results(args.out, text, table)
     print(text)
     return 0
 

@@ -49,7 +49,7 @@ import torch
 from scipy.stats import spearmanr, wilcoxon
 
 from hippogan.pipeline.evaluation import PER_CASE_CSV, evaluate_files
-from hippogan.pipeline.file_io import atomic_path, writable_folder
+from hippogan.pipeline.file_io import write_results
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
 from hippogan.pipeline.results import VOLUMES_CSV, read_volumes_csv
 from hippogan.pipeline.segmenter import segmenter_from_bundle
@@ -269,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--baseline {spec!r}: expected NAME=CSV naming existing files ({files[0]}, ...)")
         baselines[name] = pd.concat(found, ignore_index=True).set_index(SUBJECT_ID)
     text = _markdown(table, members, args.runs, views, command, baselines)
-    writable_folder(args.out.parent, "results folder")
-    with atomic_path(args.out) as partial:
-        partial.write_text(text)
-    with atomic_path(args.out.with_suffix(".csv")) as partial:
-        table.to_csv(partial, index=False)
+    write_results(args.out, text, table)
     logger.info("%s\nwrote %s", text, args.out)
     return 0
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from scipy.stats import wilcoxon
 
 from hippogan.pipeline.evaluation import evaluate_files
-from hippogan.pipeline.file_io import atomic_path, writable_folder
+from hippogan.pipeline.file_io import write_results
 from hippogan.pipeline.manifest import SUBJECT_ID, select_folds
 from hippogan.pipeline.segmenter import segmenter_from_bundle
 from hippogan.pipeline.train_cli import build_train_workflow
@@ -211,11 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_inference_levers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = _markdown(table, command)
-    writable_folder(args.out.parent, "results folder")
-    with atomic_path(args.out) as partial:
-        partial.write_text(text)
-    with atomic_path(args.out.with_suffix(".csv")) as partial:
-        table.to_csv(partial, index=False)
+    write_results(args.out, text, table)
     logger.info("%s\nwrote %s", text, args.out)
     return 0
 

@@ -22,6 +22,7 @@ __all__ = [
     "spreadsheet_safe",
     "spreadsheet_unsafe",
     "writable_folder",
+    "write_results",
 ]
 
 _UMASK = os.umask(0o022)  # the only way to read the process's umask is to set it: put it back at once
@@ -107,6 +108,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_results(out: str | os.PathLike, text: str, table) -> None:
+    """Write a benchmark's Markdown ``text`` to ``out`` and its ``table`` (a pandas ``DataFrame``) as a CSV beside
+    it (``out`` with the suffix ``.csv``), each atomically, after checking that ``out``'s folder is writable."""
+    out = Path(out)
+    writable_folder(out.parent, "results folder")
+    with atomic_path(out) as partial:
+        partial.write_text(text)
+    with atomic_path(out.with_suffix(".csv")) as partial:
+        table.to_csv(partial, index=False)
 
 
 def first_cause(

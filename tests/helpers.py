@@ -6,9 +6,11 @@ Import from a test module as ``from helpers import ...`` (pytest puts ``tests/``
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -18,7 +20,10 @@ from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.manifest import MANIFEST_COLUMNS
 from hippogan.pipeline.weights import save_fp16_weights
 
-__all__ = ["CPU", "NARROW", "NARROW_G", "REPO_MANIFEST", "TINY", "narrow_bundle", "save_random_weights", "write_manifest"]
+__all__ = [
+    "CPU", "NARROW", "NARROW_G", "REPO_MANIFEST", "TINY", "load_benchmark", "narrow_bundle", "save_random_weights",
+    "write_manifest",
+]
 
 NARROW_G = {"channels": [8, 8, 16, 16], "decoder_channels": [16, 16, 8, 8, 8], "se_reduction": 4}
 """Narrow ``ResSEGenerator`` kwargs for plumbing tests (the one narrow width of the test suite)."""
@@ -38,6 +43,15 @@ TINY = {  # with 2 training subjects: ~50 planes, 3 steps an epoch
     **NARROW,
 }
 """Overrides of ``train.yaml`` (config ids -> values) for a one-epoch CPU run with narrow networks."""
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (``benchmarks/`` is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def save_random_weights(

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
+from helpers import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_boundary_plane", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_boundary_plane.py"
-)
-boundary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(boundary)
+boundary = load_benchmark("bench_boundary_plane")
 
 
 def test_shape_features_give_the_hippocampus_extent_and_centroid_along_y() -> None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from helpers import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_cv_lever", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cv_lever.py"
-)
-lever = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lever)
+lever = load_benchmark("bench_cv_lever")
 
 
 def _scores(subjects: list[str], dsc: np.ndarray) -> pd.DataFrame:

@@ -3,17 +3,12 @@ anterior/posterior split and the test-time-augmentation inferer."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_inference_levers", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference_levers.py"
-)
-levers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(levers)
+levers = load_benchmark("bench_inference_levers")
 
 
 def test_split_by_plane_straightens_a_jagged_boundary() -> None:

@@ -7,13 +7,12 @@ epoch; the driver's table is checked on synthetic cross-validation results.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import write_manifest
+from helpers import load_benchmark, write_manifest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
@@ -21,11 +20,7 @@ from hippogan.pipeline.checkpoint import load_checkpoint
 from hippogan.pipeline.train_cli import run_training
 
 CONFIGS = DEFAULT_BUNDLE / "configs"
-_spec = importlib.util.spec_from_file_location(
-    "bench_accuracy", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_accuracy.py"
-)
-bench_accuracy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_accuracy)
+bench_accuracy = load_benchmark("bench_accuracy")
 MODELS = list(bench_accuracy.MODELS)
 TINY_RUN = {"max_epochs": 1, "num_workers": 0, "val_interval": 1, "empty_fraction": 0.05}
 
