@@ -9,7 +9,8 @@ run (:func:`hippogan.pipeline.crossval.run_crossval`, i.e. ``hippogan cv``, with
 - ``resse_gan`` / ``resse_sup``: the paper's Res-SEblock generator (no full-resolution skip, no augmentation)
   with / without the discriminator; ``gan``, ``res_gan``, ``se_gan``: the paper's Table 1 ablations, as GANs;
 - ``unet2d``, ``attention_unet`` (``_aug``: with our plane augmentation): MONAI nets on the same planes;
-- ``unet3d``: MONAI's 3D UNet on whole ROI volumes.
+- ``unet3d``: MONAI's 3D UNet on whole ROI volumes; ``resse3d``: our generator in 3D (``spatial_dims=3``) on
+  whole 32x64x64 ROI volumes, with the 3D counterpart of the plane augmentation.
 
 One model by hand is one command, e.g.::
 
@@ -70,6 +71,7 @@ MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "attention_unet": ("MONAI AttentionUnet 2D", ("attention_unet.yaml",)),
     "attention_unet_aug": ("MONAI AttentionUnet 2D + augmentation", ("attention_unet_aug.yaml",)),
     "unet3d": ("MONAI UNet 3D (whole volume)", ("unet3d.yaml",)),
+    "resse3d": ("Res-SEblock generator 3D (whole 32x64x64 ROI) + augmentation", ("resse3d.yaml",)),
 }
 """Model name -> (table label, its override files in :data:`CONFIG_DIR`, merged after ``train.yaml`` and
 ``train_cpu.yaml``)."""

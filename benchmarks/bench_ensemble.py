@@ -31,12 +31,16 @@ Run from the repository root after the CV runs, e.g.::
     hippogan cv ... --output-dir runs/cv5_cor ... view=coronal
     python benchmarks/bench_ensemble.py --runs runs/cv5_a runs/cv5_cor --views sagittal coronal ... \\
         --out benchmarks/results/multiview.md
+    hippogan cv ... --output-dir runs/cv5_3d ... --config benchmarks/configs/resse3d.yaml max_epochs=20
+    python benchmarks/bench_ensemble.py --runs runs/cv5_s20 runs/cv5_3d --views sagittal volume \
+        --network-overrides '{}' '{"spatial_dims": 3}' --roi-size 32 64 64 ... --out benchmarks/results/sag_3d.md
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import sys
 import time
@@ -46,8 +50,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from monai.bundle import ConfigParser
 from scipy.stats import spearmanr, wilcoxon
 
+from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.evaluation import PER_CASE_CSV, evaluate_files
 from hippogan.pipeline.file_io import write_results
 from hippogan.pipeline.manifest import FOLD, SUBJECT_ID, select_folds
@@ -78,20 +84,26 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
-def _ensemble_fold(runs: list[Path], fold: int, rows: list[dict], out: Path, views: list[str]) -> pd.DataFrame:
+def _ensemble_fold(
+    runs: list[Path], fold: int, rows: list[dict], out: Path, views: list[str], overrides: dict
+) -> pd.DataFrame:
     """Segment and score one fold with the members as one model; per scan, the three confidences.
 
     ``views``: the view each run was trained on; members of different views form a multi-view ensemble (each
-    generator over its own view's planes of the 3D ROI, :class:`~hippogan.networks.ProbabilityEnsemble`).
+    generator over its own view's planes of the 3D ROI, a 3D one on the whole ROI,
+    :class:`~hippogan.networks.ProbabilityEnsemble`). ``overrides``: of the bundle's inference config
+    (``member_network_defs``, ``roi_size``).
     """
     checkpoints = [run / f"fold_{fold}" / "checkpoints" / "best.pt" for run in runs]
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
-    overrides = {"mode": "precropped", "device": "$torch.device('cpu')"}
+    overrides = {**overrides, "mode": "precropped", "device": "$torch.device('cpu')"}
+    first = {"member_network_defs": overrides["member_network_defs"][:1]}
     single = segmenter_from_bundle(
-        overrides={**overrides, "ckpt_paths": [str(checkpoints[0])], "ckpt_views": views[:1], "ensemble": False}
-    )
+        overrides={**overrides, **first, "ckpt_paths": [str(checkpoints[0])], "ckpt_views": views[:1],
+                   "ensemble": False}
+    )  # fmt: skip
     start = time.perf_counter()
     single.run(rows, out / f"fold_{fold}_member1", progress=False)  # timed side by side with the ensemble
     single_seconds = (time.perf_counter() - start) / len(rows)
@@ -232,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--views", nargs="+", help="the view each run was trained on (default: sagittal for all): a multi-view ensemble"
     )
+    parser.add_argument(
+        "--network-overrides", nargs="+", metavar="JSON",
+        help="one JSON object per run, merged into the bundle's network_def for that member (default {} each), e.g. "
+        "'{}' '{\"spatial_dims\": 3}' for a 2D and a 3D generator (give the 3D one the view volume)",
+    )  # fmt: skip
+    parser.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="ROI (default: the bundle's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument(
         "--baseline", nargs="+", default=[], metavar="NAME=CSV",
@@ -248,6 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     views = args.views or ["sagittal"] * len(args.runs)
     if len(views) != len(args.runs):
         raise ValueError(f"--views: give one view per run ({len(args.runs)}), got {views}")
+    network_overrides = [json.loads(text) for text in args.network_overrides or ["{}"] * len(args.runs)]
+    if len(network_overrides) != len(args.runs):
+        raise ValueError(f"--network-overrides: give one per run ({len(args.runs)}), got {len(network_overrides)}")
+    bundle = ConfigParser()
+    bundle.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
+    network_def = dict(bundle.get("network_def"))
+    overrides = {"member_network_defs": [{**network_def, **extra} for extra in network_overrides]}
+    if args.roi_size:
+        overrides["roi_size"] = list(args.roi_size)
     folds = args.folds or sorted(int(p.parent.name.split("_")[1]) for p in args.runs[0].glob("fold_*/evaluation"))
     members = [_member_scores(run, folds) for run in args.runs]
     workflow = build_train_workflow(args.dataset_dir, Path("runs/ensemble"), manifest=args.manifest)
@@ -255,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for fold in folds:
         rows = select_folds(datalist, folds=[fold])
-        tables.append(_ensemble_fold(args.runs, fold, rows, Path("runs/ensemble") / args.out.stem, views))
+        tables.append(_ensemble_fold(args.runs, fold, rows, Path("runs/ensemble") / args.out.stem, views, overrides))
         logger.info("fold %d: ensemble DSC %.4f", fold, tables[-1]["dsc"].mean())
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)

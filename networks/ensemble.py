@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hippogan.transforms.slicing import as_plain_tensor, plane_inferer, view_axis
+from hippogan.transforms.slicing import VOLUME_VIEW, as_plain_tensor, plane_inferer, view_axis
 
 from .empty_planes import EmptyPlaneSkipper
 
@@ -22,11 +22,11 @@ class ProbabilityEnsemble(torch.nn.Module):
         members: networks ``(B, Cin, *S) -> (B, C, *S)`` logits, ``C >= 2`` classes (e.g. generators trained with
             different seeds or folds).
         views: None: every member sees the input as it is (2D planes under the bundle's plane inferer, or 3D
-            volumes). Else one view per member (``sagittal``, ``coronal``, ``axial``): the members are 2D networks,
-            the input is a 3D ROI batch ``(B, Cin, X, Y, Z)``, and each member runs over the planes of its own
-            view (:func:`~hippogan.transforms.slicing.plane_inferer`): a multi-view ensemble. The members of one
-            view share one pass over its planes; in eval mode all-zero planes (the ROI's padding) skip the
-            networks (:class:`~hippogan.networks.EmptyPlaneSkipper`).
+            volumes). Else one view per member (``sagittal``, ``coronal``, ``axial``, or ``volume``): the input is
+            a 3D ROI batch ``(B, Cin, X, Y, Z)``; a 2D member runs over the planes of its own view
+            (:func:`~hippogan.transforms.slicing.plane_inferer`), a ``volume`` member (a 3D network) on the whole
+            batch: a multi-view ensemble. The members of one view share one pass over its planes; in eval mode
+            all-zero planes (the ROI's padding) skip the networks (:class:`~hippogan.networks.EmptyPlaneSkipper`).
         roi_size: with ``views``, the 2D window the members' planes are padded to (voxels).
         sw_batch_size: with ``views``, planes per member call.
         mirror_check: with ``views`` that include ``sagittal`` and another view: pick each sample's left-right
@@ -40,7 +40,8 @@ class ProbabilityEnsemble(torch.nn.Module):
     x-mirrored, and per sample the orientation whose hippocampus probability ``1 - p(background)`` agrees better
     (soft Dice) with the sagittal members' there is the one their full pass runs in (``benchmarks/results/
     mirrored_crops.md``: on the 200 CV scans, as given and mirrored, 400 of 400 orientations picked right, the
-    closest by 0.15 soft Dice). It costs half a pass of those members more.
+    closest by 0.15 soft Dice). It costs half a pass of those members more. ``volume`` members see the ROI as
+    given (no check).
 
     ``forward``: ``(B, Cin, *S)`` -> ``(B, C, *S)``, the log of the members' mean probability, so that it can stand
     where one network's logits do: its softmax is the mean probability and its argmax the ensemble's labels.
@@ -64,12 +65,14 @@ class ProbabilityEnsemble(torch.nn.Module):
             raise ValueError(f"ProbabilityEnsemble: {len(members)} members but {len(views)} views {list(views)}.")
         self.members = torch.nn.ModuleList(members)
         self.views = None if views is None else tuple(views)
-        # the check needs sagittal members (the reference) and members of another view
-        self.mirror_check = mirror_check and len({view_axis(v) == 0 for v in self.views or ()}) == 2
-        # per view, sagittal first (the orientation check's reference): (its axis, inferer, member indices,
+        planes = [v for v in self.views or () if v != VOLUME_VIEW]
+        self._volume_members = [i for i, v in enumerate(self.views or ()) if v == VOLUME_VIEW]
+        # the check needs sagittal members (the reference) and members of another plane view
+        self.mirror_check = mirror_check and len({view_axis(v) == 0 for v in planes}) == 2
+        # per plane view, sagittal first (the orientation check's reference): (its axis, inferer, member indices,
         # empty-plane skipper)
         self._passes = []
-        for view in sorted(dict.fromkeys(self.views or ()), key=lambda v: view_axis(v) != 0):
+        for view in sorted(dict.fromkeys(planes), key=lambda v: view_axis(v) != 0):
             indices = [i for i, v in enumerate(self.views) if v == view]
             self._passes.append((view_axis(view), plane_inferer(roi_size, sw_batch_size, view=view), indices,
                                  EmptyPlaneSkipper(lambda planes, ix=indices: self._mean_probability(planes, ix))))
@@ -82,6 +85,8 @@ class ProbabilityEnsemble(torch.nn.Module):
             mean = self._mean_probability(x, range(len(self.members)))
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
         total, sagittal = 0.0, None
+        if self._volume_members:
+            total = len(self._volume_members) * self._mean_probability(x, self._volume_members)
         for axis, inferer, indices, skipper in self._passes:
             per_plane = skipper.network if self.training else skipper  # training: no cached zero-plane output
 

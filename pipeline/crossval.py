@@ -134,6 +134,7 @@ def run_crossval(
             "mode": "precropped",
             "lcc": lcc,
             "roi_size": parser.get_parsed_content("roi_size"),
+            "context": parser.get("train#preprocessing#context", 0),  # 2.5D: the neighbouring planes it trained with
             "ckpt_views": [parser.get("view", "sagittal")],
             "device": f"$torch.device({str(parser.get_parsed_content('device'))!r})",
         }

@@ -20,7 +20,7 @@ __all__ = ["load_generator", "save_fp16_weights"]
 
 def load_generator(
     weights: str | os.PathLike | Sequence[str | os.PathLike],
-    network: torch.nn.Module | Mapping[str, Any],
+    network: torch.nn.Module | Mapping[str, Any] | Sequence[torch.nn.Module | Mapping[str, Any]],
     device: str | torch.device | None = None,
     views: Sequence[str] | None = None,
 ) -> torch.nn.Module:
@@ -31,7 +31,8 @@ def load_generator(
             ``weights_only=True``), or a trainer checkpoint holding it under ``"g_network"``; several files: one
             generator each, averaged as a :class:`~hippogan.networks.ProbabilityEnsemble`.
         network: the module, or its config (``{"_target_": "hippogan.networks.ResSEGenerator", ...}``,
-            the bundle's ``network_def``); copied for each further file.
+            the bundle's ``network_def``), copied for each further file; or a list of them, one per file
+            (members of other widths, or 3D members with the view ``volume``).
         device: target device (default CPU).
         views: with several files, the view each generator was trained on (``sagittal``, ``coronal``,
             ``axial``): a multi-view ensemble that takes 3D ROI batches (see
@@ -42,14 +43,26 @@ def load_generator(
         ValueError: the file is not a readable state dict, its keys or shapes do not fit the network (the
             message names the file and the first differing keys), or it holds NaN or infinite values.
     """
-    if isinstance(network, Mapping):
-        network = ConfigParser({"network": dict(network)}).get_parsed_content("network")
     paths = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
     if not paths:
         raise ValueError("load_generator: no weights file given.")
-    members = [_load_weights(Path(path), network if i == 0 else copy.deepcopy(network)) for i, path in enumerate(paths)]
+    if isinstance(network, (torch.nn.Module, Mapping)):
+        networks = [network] + [copy.deepcopy(network) for _ in paths[1:]]
+    elif len(network) == len(paths):
+        networks = list(network)
+    else:
+        raise ValueError(f"load_generator: {len(paths)} weights files but {len(network)} networks; give one per file.")
+    networks = [_build(n) for n in networks]
+    members = [_load_weights(Path(path), net) for path, net in zip(paths, networks)]
     model = members[0] if len(members) == 1 and views is None else ProbabilityEnsemble(members, views=views)
     return model.float().to(torch.device("cpu") if device is None else device).eval()
+
+
+def _build(network: torch.nn.Module | Mapping[str, Any]) -> torch.nn.Module:
+    """The module itself, or the one its config (``_target_`` and arguments) builds."""
+    if isinstance(network, Mapping):
+        return ConfigParser({"network": dict(network)}).get_parsed_content("network")
+    return network
 
 
 def _load_weights(path: Path, network: torch.nn.Module) -> torch.nn.Module:

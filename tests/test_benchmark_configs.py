@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import load_benchmark, write_manifest
+from helpers import NARROW, load_benchmark, write_manifest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
@@ -40,7 +40,7 @@ def test_model_network_gives_three_logits(name: str) -> None:
     parser.read_config(config_files(name))
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
-    shape = (1, 1, 48, 64, 64) if name == "unet3d" else (2, 1, 64, 64)
+    shape = {"unet3d": (1, 1, 48, 64, 64), "resse3d": (1, 1, 32, 64, 64)}.get(name, (2, 1, 64, 64))
     with torch.inference_mode():
         assert network(torch.rand(shape)).shape == (shape[0], 3, *shape[2:])
     assert (parser.get_parsed_content("adversarial_weight") > 0) == name.endswith("gan")
@@ -67,15 +67,22 @@ def test_model_properties_pass(name: str, msd_dir: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_unet3d_trains_on_whole_volumes(msd_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name, widths, network",
+    [
+        ("unet3d", {"network_def#channels": [4, 8, 8, 16, 16]}, "monai.networks.nets.unet.UNet"),
+        ("resse3d", NARROW, "hippogan.networks.generator.ResSEGenerator"),
+    ],
+)
+def test_3d_models_train_on_whole_volumes(name: str, widths: dict, network: str, msd_dir: Path, tmp_path: Path):
     manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
-    overrides = {**TINY_RUN, "batch_size": 2, "network_def#channels": [4, 8, 8, 16, 16]}
-    run_training(msd_dir, tmp_path / "run", configs=bench_accuracy.model_configs("unet3d"), overrides=overrides,
+    overrides = {**TINY_RUN, "batch_size": 2, **widths}
+    run_training(msd_dir, tmp_path / "run", configs=bench_accuracy.model_configs(name), overrides=overrides,
                  manifest=manifest)  # fmt: skip
     epochs = pd.read_csv(tmp_path / "run" / "epochs.csv")
     assert epochs["iterations"].tolist() == [1] and epochs["samples"].tolist() == [2]  # 2 volumes, one batch
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    assert state["config"]["g_network"] == "monai.networks.nets.unet.UNet" and state["best"]["best_metric"] >= 0
+    assert state["config"]["g_network"] == network and state["best"]["best_metric"] >= 0
 
 
 def test_collect_pairs_cases_across_models(tmp_path: Path) -> None:

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import CPU, NARROW, save_random_weights
+from monai.bundle import ConfigParser
 from scipy import ndimage
 
 from hippogan.pipeline.bundled import DEFAULT_BUNDLE
 from hippogan.pipeline.inputs import find_inputs
 from hippogan.pipeline.results import VOLUME_COLUMNS, VOLUMES_CSV, self_agreement
-from hippogan.networks import EmptyPlaneSkipper
+from hippogan.networks import EmptyPlaneSkipper, ProbabilityEnsemble
 from hippogan.pipeline.segmenter import Segmenter, segmenter_from_bundle
 from hippogan.pipeline.weights import load_generator
 from hippogan.transforms import IMAGE, HippocampalROICrop, KeepLargestComponent, get_loading, get_preprocessing
@@ -317,3 +318,35 @@ def test_low_confidence_threshold_follows_the_model():
     assert segmenter_from_bundle(overrides={**cpu, **two}).low_confidence == pytest.approx(0.939)
     assert segmenter_from_bundle(overrides={**cpu, "ensemble": False}).low_confidence == pytest.approx(0.948)
     assert segmenter_from_bundle(overrides={**cpu, "low_confidence": None}).low_confidence is None
+
+
+def test_bundle_ensemble_of_a_2d_and_a_3d_generator(narrow_weights, msd_images, tmp_path):
+    """``member_network_defs`` gives each file its own network; a ``volume`` member runs on the whole ROI."""
+    three_d = save_random_weights(tmp_path / "model_3d.pt", {**NARROW, "network_def#spatial_dims": 3})
+    parser = ConfigParser()
+    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
+    parser.update(NARROW)
+    two_d = dict(parser.get("network_def"))
+    overrides = {**CPU, "mode": "precropped", "ckpt_paths": [str(narrow_weights), str(three_d)],
+                 "ckpt_views": ["sagittal", "volume"], "roi_size": [32, 64, 64],
+                 "member_network_defs": [two_d, {**two_d, "spatial_dims": 3}]}  # fmt: skip
+    segmenter = segmenter_from_bundle(overrides=overrides)
+    assert isinstance(segmenter.network, ProbabilityEnsemble) and segmenter.network.views == ("sagittal", "volume")
+    result = segmenter.segment(msd_images[0])
+    assert result.label_map.shape == nib.load(msd_images[0]).shape
+    with pytest.raises(ValueError, match="2 weights files but 1 networks"):
+        segmenter_from_bundle(overrides={**overrides, "member_network_defs": [two_d]})
+    alone = {**NARROW, **CPU, "mode": "precropped", "roi_size": [32, 64, 64], "network_def#spatial_dims": 3,
+             "ckpt_path": str(three_d), "ckpt_views": ["volume"]}  # fmt: skip
+    assert segmenter_from_bundle(overrides=alone).segment(msd_images[0]).label_map.shape == result.label_map.shape
+
+
+def test_bundle_runs_a_2_5d_generator(msd_images, tmp_path):
+    """``context`` stacks the sagittal neighbours as channels, as training's ``train#preprocessing#context``."""
+    weights = save_random_weights(tmp_path / "model_ctx.pt", {**NARROW, "network_def#in_channels": 3})
+    overrides = {**NARROW, **CPU, "network_def#in_channels": 3, "ckpt_path": str(weights), "mode": "precropped"}
+    segmenter = segmenter_from_bundle(overrides={**overrides, "context": 1})
+    sample = segmenter.preprocessing({IMAGE: str(msd_images[0])})
+    assert sample[IMAGE].shape == (3, 48, 64, 64)
+    torch.testing.assert_close(sample[IMAGE][0, 1:], sample[IMAGE][1, :-1])  # channel 0: the plane x - 1
+    assert segmenter.segment(msd_images[0]).label_map.shape == nib.load(msd_images[0]).shape

@@ -336,6 +336,20 @@ class _Threshold(torch.nn.Module):
         return torch.cat([torch.zeros_like(planes), hippocampus, torch.full_like(planes, -8.0)], dim=1)
 
 
+def test_ensemble_volume_member_runs_on_the_whole_roi():
+    from hippogan.networks import ProbabilityEnsemble
+    from hippogan.transforms import plane_inferer
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Conv3d(1, 3, 3, padding=1)]
+    volume = torch.randn(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        out = ProbabilityEnsemble(members, views=["sagittal", "volume"]).eval()(volume)
+        sagittal = torch.as_tensor(plane_inferer(roi_size=(16, 16))(volume, members[0])).softmax(1)
+        expected = (sagittal + members[1](volume).softmax(1)) / 2
+    torch.testing.assert_close(out.softmax(1), expected)
+
+
 def test_multi_view_ensemble_segments_a_mirrored_crop_as_its_mirror():
     from hippogan.networks import ProbabilityEnsemble
 

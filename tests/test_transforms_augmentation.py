@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.data import set_track_meta
 
-from hippogan.transforms.augmentation import get_plane_augmentation
+from hippogan.transforms.augmentation import get_plane_augmentation, get_volume_augmentation
 from hippogan.transforms.keys import IMAGE, LABEL
 
 
@@ -64,3 +64,27 @@ def test_bias_field_changes_the_image_smoothly_and_leaves_the_label() -> None:
     assert field.std() > 0.01  # a field, not a constant
     for step in (field[:, 1:] / field[:, :-1], field[:, :, 1:] / field[:, :, :-1]):
         assert (step - 1).abs().max() < 0.1  # smooth: under 10% from one pixel to the next
+
+
+def _volume() -> dict[str, torch.Tensor]:
+    label = torch.zeros(1, 32, 64, 64)
+    label[0, 8:24, 16:48, 20:44] = 1.0
+    label[0, 8:24, 32:48, 20:44] = 2.0
+    label[0, 8:12] *= 0  # not symmetric in x, so a mirror shows
+    return {IMAGE: label / 2.0, LABEL: label}
+
+
+def test_volume_augmentation_moves_image_and_label_together_and_mirrors_on_request() -> None:
+    aug = get_volume_augmentation(prob=1.0, intensity_prob=0.0, spatial_size=(32, 64, 64))
+    aug.set_random_state(0)
+    for _ in range(3):
+        out = aug(_volume())
+        assert out[IMAGE].shape == out[LABEL].shape == (1, 32, 64, 64)
+        assert set(out[LABEL].unique().tolist()) <= {0.0, 1.0, 2.0}
+        assert not torch.equal(torch.as_tensor(out[LABEL]), _volume()[LABEL])
+        assert torch.all(out[LABEL][out[IMAGE] > 0.9] == 2.0)
+    mirror = get_volume_augmentation(prob=0.0, intensity_prob=0.0, mirror_prob=1.0, spatial_size=(32, 64, 64))
+    out = mirror(_volume())
+    assert torch.equal(torch.as_tensor(out[LABEL]), _volume()[LABEL].flip(1))
+    off = get_volume_augmentation(prob=0.0, intensity_prob=0.0, spatial_size=(32, 64, 64))
+    assert torch.equal(torch.as_tensor(off(_volume())[LABEL]), _volume()[LABEL])

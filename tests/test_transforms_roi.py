@@ -193,7 +193,8 @@ def test_merge_sides_checks_inputs():
         ({"roi_size": (64, 64)}, "roi_size must be 3"),
         ({"roi_size": (48, 64, 0)}, "roi_size must be 3 positive"),
         ({"roi_size": (48.5, 64, 64)}, "whole voxel"),
-        ({"box_size": (60.0, 50.0, 36.0)}, "exceeds roi_size"),
+        ({"mode": "whole_brain", "box_size": (60.0, 50.0, 36.0)}, "exceeds roi_size"),
+        ({"mode": "auto", "roi_size": (32, 64, 64)}, "exceeds roi_size"),
         ({"left_center": (1.0, 2.0)}, "left_center"),
     ],
 )
@@ -202,6 +203,12 @@ def test_roi_crop_rejects_bad_arguments(kwargs, match):
         HippocampalROICrop(**kwargs)
     with pytest.raises(ValueError, match=match):
         HippocampalROICropd(IMAGE, **kwargs)
+
+
+def test_precropped_roi_may_be_smaller_than_the_whole_brain_box():
+    """A crop-only ROI (the 3D generator's 32x64x64) does not use the whole-brain box."""
+    crop = HippocampalROICrop(mode="precropped", roi_size=(32, 64, 64))
+    assert crop(torch.rand(1, 35, 50, 40)).shape == (1, 32, 64, 64)
 
 
 def test_whole_brain_rejects_non_ras_and_non_mni_images():

@@ -67,6 +67,7 @@ def test_ensemble_inferer_slices_one_view_and_leaves_several_to_the_ensemble():
     one = ensemble_inferer(["coronal", "coronal"], sw_batch_size=7)
     assert isinstance(one, SliceInferer) and one.spatial_dim == 1 and one.sw_batch_size == 7
     assert isinstance(ensemble_inferer(["sagittal", "coronal"]), SimpleInferer)
+    assert isinstance(ensemble_inferer(["volume"]), SimpleInferer)  # a 3D generator: the whole ROI
     with pytest.raises(ValueError, match="sagittal, coronal, axial"):
         ensemble_inferer(["sagittal", "oblique"])
     with pytest.raises(ValueError, match="the view of each generator"):

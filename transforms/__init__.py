@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .augmentation import get_plane_augmentation
+from .augmentation import get_plane_augmentation, get_volume_augmentation
 from .cleanup import KeepLargestComponent, KeepLargestComponentD, KeepLargestComponentd, KeepLargestComponentDict
 from .chains import get_loading, get_postprocessing, get_preprocessing
 from .context import SagittalContext, SagittalContextD, SagittalContextd, SagittalContextDict
@@ -42,6 +42,7 @@ from .roi import (
 from .sanity import SCAN_WARNINGS, CheckScand, CheckScanD, CheckScanDict, check_scan
 from .slicing import (
     VIEWS,
+    VOLUME_VIEW,
     as_plain_tensor,
     ensemble_inferer,
     pad_plane,
@@ -61,6 +62,7 @@ __all__ = [
     "UNKNOWN_SIDE",
     "SitkDicomSeriesReader",
     "get_plane_augmentation",
+    "get_volume_augmentation",
     "scan_loader",
     "DEFAULT_PERCENTILES",
     "HistogramStandardize",
@@ -100,6 +102,7 @@ __all__ = [
     "plane_inferer",
     "ensemble_inferer",
     "VIEWS",
+    "VOLUME_VIEW",
     "view_axis",
     "pad_plane",
     "volume_to_sagittal",

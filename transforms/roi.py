@@ -109,7 +109,8 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
             when the volume's field of view exceeds :data:`WHOLE_BRAIN_MIN_EXTENT_MM` along any axis, else
             ``"precropped"``; decided per volume).
         roi_size: output spatial shape, voxels (RAS x, y, z).
-        box_size: whole-brain box field of view, mm (RAS x, y, z); at most ``roi_size`` (at 1 mm).
+        box_size: whole-brain box field of view, mm (RAS x, y, z); at most ``roi_size`` (at 1 mm) unless
+            ``mode`` is ``"precropped"``, which does not use it.
         left_center: whole-brain left box centre, MNI mm.
         right_center: whole-brain right box centre, MNI mm.
 
@@ -136,7 +137,7 @@ class HippocampalROICrop(InvertibleTransform, MultiSampleTrait):
         self.mode = mode
         self.roi_size = tuple(int(r) for r in roi)
         self.box_size = _as_triple(box_size, "box_size", positive=True)
-        if any(b > r for b, r in zip(self.box_size, self.roi_size)):
+        if mode != ROI_MODES[0] and any(b > r for b, r in zip(self.box_size, self.roi_size)):
             raise ValueError(
                 f"HippocampalROICrop: box_size {self.box_size} mm exceeds roi_size {self.roi_size} voxels at 1 mm."
             )

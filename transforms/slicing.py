@@ -24,12 +24,15 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SliceInferer
 
 __all__ = [
-    "VIEWS", "view_axis", "pad_plane", "plane_inferer", "ensemble_inferer", "as_plain_tensor", "volume_to_sagittal",
-    "sagittal_to_volume",
+    "VIEWS", "VOLUME_VIEW", "view_axis", "pad_plane", "plane_inferer", "ensemble_inferer", "as_plain_tensor",
+    "volume_to_sagittal", "sagittal_to_volume",
 ]  # fmt: skip
 
 VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
 """The 2D views and the RAS spatial axis each one slices along (x, y, z of a ``(C, X, Y, Z)`` volume)."""
+
+VOLUME_VIEW = "volume"
+"""The "view" of a 3D network (``spatial_dims=3``): the whole ROI volume in one forward pass, no planes."""
 
 
 def view_axis(view: str) -> int:
@@ -76,19 +79,21 @@ def ensemble_inferer(views: Sequence[str], sw_batch_size: int = 64, **kwargs: An
     """The inferer of generators trained on ``views`` (one per generator, as the bundle's ``views``).
 
     One view: :func:`plane_inferer` over that view's planes (for one generator, or a 2D
-    :class:`~hippogan.networks.ProbabilityEnsemble` of several). Several views: MONAI's ``SimpleInferer``, since a
-    multi-view ``ProbabilityEnsemble(views=...)`` takes the 3D ROI batch and slices it per member.
+    :class:`~hippogan.networks.ProbabilityEnsemble` of several). Several views, or :data:`VOLUME_VIEW` (3D
+    generators): MONAI's ``SimpleInferer``, since a 3D network or a multi-view ``ProbabilityEnsemble(views=...)``
+    takes the 3D ROI batch (and slices it per member).
 
     Args:
-        views: ``sagittal``, ``coronal`` or ``axial``, one per generator.
+        views: ``sagittal``, ``coronal``, ``axial`` or ``volume``, one per generator.
         sw_batch_size, kwargs: :func:`plane_inferer`'s, for one view.
     """
     views = list(views)
     if not views:
         raise ValueError("ensemble_inferer: give the view of each generator, e.g. ['sagittal'].")
-    if len(set(views)) > 1:
+    if len(set(views)) > 1 or views[0] == VOLUME_VIEW:
         for view in views:
-            view_axis(view)
+            if view != VOLUME_VIEW:
+                view_axis(view)
         return SimpleInferer()
     return plane_inferer(sw_batch_size=sw_batch_size, view=views[0], **kwargs)
 
