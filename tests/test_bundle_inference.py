@@ -123,6 +123,7 @@ def test_inference_config_properties_and_editable_steps(bundle, msd_dir):
     assert names == [
         "LoadImaged", "EnsureChannelFirstd", "CheckScand", "RegisterToTemplated", "Orientationd", "Spacingd",
         "HippocampalROICropd", "MirrorSided", "ScaleIntensityRangePercentilesNonzerod", "HistogramStandardized",
+        "SagittalContextd",
     ]  # fmt: skip
     post = [type(t).__name__ for t in workflow.parser.get_parsed_content("postprocessing").transforms]
     assert post == ["EnsureTyped", "Invertd", "KeepLargestComponentd"]
