@@ -92,7 +92,7 @@ def _ensemble_fold(
     ``views``: the view each run was trained on; members of different views form a multi-view ensemble (each
     generator over its own view's planes of the 3D ROI, a 3D one on the whole ROI,
     :class:`~hippogan.networks.ProbabilityEnsemble`). ``overrides``: of the bundle's inference config
-    (``member_network_defs``, ``roi_size``).
+    (``member_network_defs``, ``roi_size``, ``volume_roi_size``).
     """
     checkpoints = [run / f"fold_{fold}" / "checkpoints" / "best.pt" for run in runs]
     missing = [str(c) for c in checkpoints if not c.is_file()]
@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         "'{}' '{\"spatial_dims\": 3}' for a 2D and a 3D generator (give the 3D one the view volume)",
     )  # fmt: skip
     parser.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="ROI (default: the bundle's)")
+    parser.add_argument(
+        "--volume-roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+        help="the window 3D (volume) members run on within the ROI (default: the whole ROI)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument(
         "--baseline", nargs="+", default=[], metavar="NAME=CSV",
@@ -275,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"member_network_defs": [{**network_def, **extra} for extra in network_overrides]}
     if args.roi_size:
         overrides["roi_size"] = list(args.roi_size)
+    if args.volume_roi_size:
+        overrides["volume_roi_size"] = list(args.volume_roi_size)
     folds = args.folds or sorted(int(p.parent.name.split("_")[1]) for p in args.runs[0].glob("fold_*/evaluation"))
     members = [_member_scores(run, folds) for run in args.runs]
     workflow = build_train_workflow(args.dataset_dir, Path("runs/ensemble"), manifest=args.manifest)

@@ -31,6 +31,9 @@ class ProbabilityEnsemble(torch.nn.Module):
         sw_batch_size: with ``views``, planes per member call.
         mirror_check: with ``views`` that include ``sagittal`` and another view: pick each sample's left-right
             orientation for the members of the other views (see below). False: they see the ROI as it is.
+        volume_roi_size: ``volume`` members run on the centred window of this size (voxels; e.g. the 32x64x64
+            ROI a 3D generator trained on, inside the 48x64x64 one that whole-brain boxes need); outside it
+            they give background. None: the whole ROI.
 
     Orientation check: a coronal or axial plane holds the left-right (x) axis, so a generator trained on them
     learns the training crops' orientation (the MSD crops all have the left hippocampus's) and fails on a mirrored
@@ -40,8 +43,9 @@ class ProbabilityEnsemble(torch.nn.Module):
     x-mirrored, and per sample the orientation whose hippocampus probability ``1 - p(background)`` agrees better
     (soft Dice) with the sagittal members' there is the one their full pass runs in (``benchmarks/results/
     mirrored_crops.md``: on the 200 CV scans, as given and mirrored, 400 of 400 orientations picked right, the
-    closest by 0.15 soft Dice). It costs half a pass of those members more. ``volume`` members see the ROI as
-    given (no check).
+    closest by 0.15 soft Dice). It costs half a pass of those members more. ``volume`` members (3D generators,
+    as orientation-bound as coronal ones) run on the whole ROI as given and x-mirrored, and per sample the
+    orientation that agrees better with the sagittal members' is kept: one pass of those members more.
 
     ``forward``: ``(B, Cin, *S)`` -> ``(B, C, *S)``, the log of the members' mean probability, so that it can stand
     where one network's logits do: its softmax is the mean probability and its argmax the ensemble's labels.
@@ -57,6 +61,7 @@ class ProbabilityEnsemble(torch.nn.Module):
         roi_size: Sequence[int] = (64, 64),
         sw_batch_size: int = 128,
         mirror_check: bool = True,
+        volume_roi_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(members) < 1:
@@ -67,8 +72,10 @@ class ProbabilityEnsemble(torch.nn.Module):
         self.views = None if views is None else tuple(views)
         planes = [v for v in self.views or () if v != VOLUME_VIEW]
         self._volume_members = [i for i, v in enumerate(self.views or ()) if v == VOLUME_VIEW]
-        # the check needs sagittal members (the reference) and members of another plane view
-        self.mirror_check = mirror_check and len({view_axis(v) == 0 for v in planes}) == 2
+        self.volume_roi_size = None if volume_roi_size is None else tuple(int(v) for v in volume_roi_size)
+        # the check needs sagittal members (the reference) and members of another view
+        others = any(view_axis(v) != 0 for v in planes) or bool(self._volume_members)
+        self.mirror_check = mirror_check and others and any(view_axis(v) == 0 for v in planes)
         # per plane view, sagittal first (the orientation check's reference): (its axis, inferer, member indices,
         # empty-plane skipper)
         self._passes = []
@@ -80,13 +87,24 @@ class ProbabilityEnsemble(torch.nn.Module):
     def _mean_probability(self, x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         return torch.stack([as_plain_tensor(self.members[i](x)).float().softmax(dim=1) for i in indices]).mean(dim=0)
 
+    def _volume_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``volume`` members' summed probabilities on ``x`` ``(B, Cin, X, Y, Z)``, within ``volume_roi_size``."""
+        indices = self._volume_members
+        if self.volume_roi_size is None:
+            return len(indices) * self._mean_probability(x, indices)
+        starts = [max((n - s) // 2, 0) for n, s in zip(x.shape[2:], self.volume_roi_size)]
+        window = tuple(slice(a, a + min(n, s)) for a, n, s in zip(starts, x.shape[2:], self.volume_roi_size))
+        inner = len(indices) * self._mean_probability(x[(..., *window)], indices)
+        out = inner.new_zeros((x.shape[0], inner.shape[1], *x.shape[2:]))
+        out[:, 0] = len(indices)  # background outside the window
+        out[(slice(None), slice(None), *window)] = inner
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.views is None:
             mean = self._mean_probability(x, range(len(self.members)))
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
         total, sagittal = 0.0, None
-        if self._volume_members:
-            total = len(self._volume_members) * self._mean_probability(x, self._volume_members)
         for axis, inferer, indices, skipper in self._passes:
             per_plane = skipper.network if self.training else skipper  # training: no cached zero-plane output
 
@@ -102,6 +120,13 @@ class ProbabilityEnsemble(torch.nn.Module):
                 if axis == 0:
                     sagittal = probabilities
             total = total + probabilities
+        if self._volume_members:
+            volume = self._volume_probability(x)
+            if self.mirror_check:
+                flipped = self._volume_probability(x.flip(2)).flip(2)
+                mirrored = _soft_dice(sagittal, flipped) > _soft_dice(sagittal, volume)
+                volume = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), flipped, volume)
+            total = total + volume
         mean = total / len(self.members)
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 

@@ -23,6 +23,7 @@ def load_generator(
     network: torch.nn.Module | Mapping[str, Any] | Sequence[torch.nn.Module | Mapping[str, Any]],
     device: str | torch.device | None = None,
     views: Sequence[str] | None = None,
+    volume_roi_size: Sequence[int] | None = None,
 ) -> torch.nn.Module:
     """Build the generator and load its weights for inference (eval mode, float32, on ``device``).
 
@@ -37,6 +38,7 @@ def load_generator(
         views: with several files, the view each generator was trained on (``sagittal``, ``coronal``,
             ``axial``): a multi-view ensemble that takes 3D ROI batches (see
             :class:`~hippogan.networks.ProbabilityEnsemble`); None: the members take the same 2D planes.
+        volume_roi_size: with ``views``, the window the ``volume`` (3D) members run on (their training ROI).
 
     Raises:
         FileNotFoundError: a weights file does not exist.
@@ -54,7 +56,10 @@ def load_generator(
         raise ValueError(f"load_generator: {len(paths)} weights files but {len(network)} networks; give one per file.")
     networks = [_build(n) for n in networks]
     members = [_load_weights(Path(path), net) for path, net in zip(paths, networks)]
-    model = members[0] if len(members) == 1 and views is None else ProbabilityEnsemble(members, views=views)
+    if len(members) == 1 and views is None:
+        model = members[0]
+    else:
+        model = ProbabilityEnsemble(members, views=views, volume_roi_size=volume_roi_size)
     return model.float().to(torch.device("cpu") if device is None else device).eval()
 
 

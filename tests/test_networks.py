@@ -350,6 +350,45 @@ def test_ensemble_volume_member_runs_on_the_whole_roi():
     torch.testing.assert_close(out.softmax(1), expected)
 
 
+class _Threshold3d(torch.nn.Module):
+    """:class:`_Threshold` of whole volumes ``(B, 1, X, Y, Z)``: with ``left_only`` it finds nothing in a volume
+    whose bright voxels lie mostly in the second half of x (an orientation-bound 3D generator)."""
+
+    def __init__(self, left_only: bool = False) -> None:
+        super().__init__()
+        self.left_only = left_only
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        hippocampus = 8.0 * (volume - 0.5)
+        if self.left_only:
+            half = volume.shape[2] // 2
+            mirrored = volume[:, :, half:].sum(dim=(1, 2, 3, 4)) > volume[:, :, :half].sum(dim=(1, 2, 3, 4))
+            hippocampus[mirrored] = -8.0
+        return torch.cat([torch.zeros_like(volume), hippocampus, torch.full_like(volume, -8.0)], dim=1)
+
+
+def test_ensemble_volume_member_window_and_orientation_check():
+    from hippogan.networks import ProbabilityEnsemble
+
+    volume = torch.zeros(2, 1, 48, 64, 64)
+    volume[0, :, 12:22, 20:40, 24:36] = 1.0  # left half of x, inside the centred 32 (8..40)
+    volume[1] = volume[0].flip(1)  # a right hippocampus's crop
+    truth = volume[:, 0] > 0.5
+    members = [_Threshold(), _Threshold3d(left_only=True)]
+    seen = []
+    members[1].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[2:]))
+    with torch.no_grad():
+        ensemble = ProbabilityEnsemble(members, views=["sagittal", "volume"], volume_roi_size=(32, 64, 64)).eval()
+        labels = ensemble(volume).argmax(dim=1)
+        assert seen == [(32, 64, 64)] * 2  # the 3D member saw its window only, as given and mirrored
+        unchecked = ProbabilityEnsemble(members, views=["sagittal", "volume"], mirror_check=False)(volume)
+    assert torch.equal(labels == 1, truth) and torch.equal(labels[1], labels[0].flip(0))
+    # unchecked, the 3D member vetoes the mirrored crop where the sagittal one is unsure: its probability halves
+    assert torch.allclose(unchecked[1].softmax(0)[1][truth[1]], torch.tensor(0.5), atol=0.02)
+    outside = ProbabilityEnsemble([_Threshold3d()], views=["volume"], volume_roi_size=(32, 64, 64))(volume)
+    assert torch.equal(outside.argmax(dim=1)[:, :8], torch.zeros(2, 8, 64, 64, dtype=torch.long))
+
+
 def test_multi_view_ensemble_segments_a_mirrored_crop_as_its_mirror():
     from hippogan.networks import ProbabilityEnsemble
 
