@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.transforms import CenterSpatialCrop
 
 from hippogan.transforms.slicing import VOLUME_VIEW, as_plain_tensor, plane_inferer, view_axis
 
@@ -72,7 +73,7 @@ class ProbabilityEnsemble(torch.nn.Module):
         self.views = None if views is None else tuple(views)
         planes = [v for v in self.views or () if v != VOLUME_VIEW]
         self._volume_members = [i for i, v in enumerate(self.views or ()) if v == VOLUME_VIEW]
-        self.volume_roi_size = None if volume_roi_size is None else tuple(int(v) for v in volume_roi_size)
+        self._volume_window = None if volume_roi_size is None else CenterSpatialCrop(tuple(volume_roi_size))
         # the check needs sagittal members (the reference) and members of another view
         others = any(view_axis(v) != 0 for v in planes) or bool(self._volume_members)
         self.mirror_check = mirror_check and others and any(view_axis(v) == 0 for v in planes)
@@ -90,14 +91,13 @@ class ProbabilityEnsemble(torch.nn.Module):
     def _volume_probability(self, x: torch.Tensor) -> torch.Tensor:
         """The ``volume`` members' summed probabilities on ``x`` ``(B, Cin, X, Y, Z)``, within ``volume_roi_size``."""
         indices = self._volume_members
-        if self.volume_roi_size is None:
+        if self._volume_window is None:
             return len(indices) * self._mean_probability(x, indices)
-        starts = [max((n - s) // 2, 0) for n, s in zip(x.shape[2:], self.volume_roi_size)]
-        window = tuple(slice(a, a + min(n, s)) for a, n, s in zip(starts, x.shape[2:], self.volume_roi_size))
-        inner = len(indices) * self._mean_probability(x[(..., *window)], indices)
+        window = (slice(None), slice(None), *self._volume_window.compute_slices(x.shape[2:]))
+        inner = len(indices) * self._mean_probability(x[window], indices)
         out = inner.new_zeros((x.shape[0], inner.shape[1], *x.shape[2:]))
         out[:, 0] = len(indices)  # background outside the window
-        out[(slice(None), slice(None), *window)] = inner
+        out[window] = inner
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,12 +49,12 @@ def load_generator(
     if not paths:
         raise ValueError("load_generator: no weights file given.")
     if isinstance(network, (torch.nn.Module, Mapping)):
-        networks = [network] + [copy.deepcopy(network) for _ in paths[1:]]
+        first = _build(network)
+        networks = [first] + [copy.deepcopy(first) for _ in paths[1:]]
     elif len(network) == len(paths):
-        networks = list(network)
+        networks = [_build(n) for n in network]
     else:
         raise ValueError(f"load_generator: {len(paths)} weights files but {len(network)} networks; give one per file.")
-    networks = [_build(n) for n in networks]
     members = [_load_weights(Path(path), net) for path, net in zip(paths, networks)]
     if len(members) == 1 and views is None:
         model = members[0]

@@ -319,9 +319,9 @@ def test_multi_view_ensemble_runs_each_member_over_its_own_planes():
 
 
 class _Threshold(torch.nn.Module):
-    """A 2D 'generator' that labels bright pixels hippocampus; with ``left_only`` it finds nothing in a plane whose
-    bright pixels lie mostly in the second half of its first axis (x, for coronal planes): an orientation-dependent
-    model, as a coronal generator trained on left-hippocampus crops is."""
+    """A 2D or 3D 'generator' that labels bright voxels hippocampus; with ``left_only`` it finds nothing in a plane
+    (or volume) whose bright voxels lie mostly in the second half of its first axis (x, for coronal planes and
+    volumes): an orientation-dependent model, as a coronal or 3D generator trained on left-hippocampus crops is."""
 
     def __init__(self, left_only: bool = False) -> None:
         super().__init__()
@@ -331,8 +331,8 @@ class _Threshold(torch.nn.Module):
         hippocampus = 8.0 * (planes - 0.5)
         if self.left_only:
             half = planes.shape[2] // 2
-            mirrored = planes[:, :, half:].sum(dim=(1, 2, 3)) > planes[:, :, :half].sum(dim=(1, 2, 3))
-            hippocampus = torch.where(mirrored[:, None, None, None], torch.full_like(hippocampus, -8.0), hippocampus)
+            mirrored = planes[:, :, half:].flatten(1).sum(1) > planes[:, :, :half].flatten(1).sum(1)
+            hippocampus[mirrored] = -8.0
         return torch.cat([torch.zeros_like(planes), hippocampus, torch.full_like(planes, -8.0)], dim=1)
 
 
@@ -350,23 +350,6 @@ def test_ensemble_volume_member_runs_on_the_whole_roi():
     torch.testing.assert_close(out.softmax(1), expected)
 
 
-class _Threshold3d(torch.nn.Module):
-    """:class:`_Threshold` of whole volumes ``(B, 1, X, Y, Z)``: with ``left_only`` it finds nothing in a volume
-    whose bright voxels lie mostly in the second half of x (an orientation-bound 3D generator)."""
-
-    def __init__(self, left_only: bool = False) -> None:
-        super().__init__()
-        self.left_only = left_only
-
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        hippocampus = 8.0 * (volume - 0.5)
-        if self.left_only:
-            half = volume.shape[2] // 2
-            mirrored = volume[:, :, half:].sum(dim=(1, 2, 3, 4)) > volume[:, :, :half].sum(dim=(1, 2, 3, 4))
-            hippocampus[mirrored] = -8.0
-        return torch.cat([torch.zeros_like(volume), hippocampus, torch.full_like(volume, -8.0)], dim=1)
-
-
 def test_ensemble_volume_member_window_and_orientation_check():
     from hippogan.networks import ProbabilityEnsemble
 
@@ -374,7 +357,7 @@ def test_ensemble_volume_member_window_and_orientation_check():
     volume[0, :, 12:22, 20:40, 24:36] = 1.0  # left half of x, inside the centred 32 (8..40)
     volume[1] = volume[0].flip(1)  # a right hippocampus's crop
     truth = volume[:, 0] > 0.5
-    members = [_Threshold(), _Threshold3d(left_only=True)]
+    members = [_Threshold(), _Threshold(left_only=True)]
     seen = []
     members[1].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[2:]))
     with torch.no_grad():
@@ -385,7 +368,7 @@ def test_ensemble_volume_member_window_and_orientation_check():
     assert torch.equal(labels == 1, truth) and torch.equal(labels[1], labels[0].flip(0))
     # unchecked, the 3D member vetoes the mirrored crop where the sagittal one is unsure: its probability halves
     assert torch.allclose(unchecked[1].softmax(0)[1][truth[1]], torch.tensor(0.5), atol=0.02)
-    outside = ProbabilityEnsemble([_Threshold3d()], views=["volume"], volume_roi_size=(32, 64, 64))(volume)
+    outside = ProbabilityEnsemble([_Threshold()], views=["volume"], volume_roi_size=(32, 64, 64))(volume)
     assert torch.equal(outside.argmax(dim=1)[:, :8], torch.zeros(2, 8, 64, 64, dtype=torch.long))
 
 
