@@ -92,18 +92,16 @@ def _ensemble_fold(
     ``views``: the view each run was trained on; members of different views form a multi-view ensemble (each
     generator over its own view's planes of the 3D ROI, a 3D one on the whole ROI,
     :class:`~hippogan.networks.ProbabilityEnsemble`). ``overrides``: of the bundle's inference config
-    (``member_network_defs``, ``roi_size``, ``volume_roi_size``).
+    (``member_network_defs``, ``member_contexts``, ``roi_size``, ``volume_roi_size``).
     """
     checkpoints = [run / f"fold_{fold}" / "checkpoints" / "best.pt" for run in runs]
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise ValueError(f"not found: {', '.join(missing)}; are the runs finished `hippogan cv` runs of fold {fold}?")
     overrides = {**overrides, "mode": "precropped", "device": "$torch.device('cpu')"}
-    first = {"member_network_defs": overrides["member_network_defs"][:1]}
     single = segmenter_from_bundle(
-        overrides={**overrides, **first, "ckpt_paths": [str(checkpoints[0])], "ckpt_views": views[:1],
-                   "ensemble": False}
-    )  # fmt: skip
+        overrides={**overrides, "ckpt_paths": [str(checkpoints[0])], "ckpt_views": views[:1], "ensemble": False}
+    )
     start = time.perf_counter()
     single.run(rows, out / f"fold_{fold}_member1", progress=False)  # timed side by side with the ensemble
     single_seconds = (time.perf_counter() - start) / len(rows)
@@ -249,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         help="one JSON object per run, merged into the bundle's network_def for that member (default {} each), e.g. "
         "'{}' '{\"spatial_dims\": 3}' for a 2D and a 3D generator (give the 3D one the view volume)",
     )  # fmt: skip
+    parser.add_argument(
+        "--contexts", type=int, nargs="+", metavar="K",
+        help="the sagittal neighbours each run was trained with on each side (train#preprocessing#context; default 0 "
+        "each), e.g. 1 0 for a 2.5D sagittal and a 1-channel coronal generator (give the 2.5D one in_channels 3)",
+    )  # fmt: skip
     parser.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="ROI (default: the bundle's)")
     parser.add_argument(
         "--volume-roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
@@ -277,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
     network_def = dict(bundle.get("network_def"))
     overrides = {"member_network_defs": [{**network_def, **extra} for extra in network_overrides]}
+    if args.contexts:
+        if len(args.contexts) != len(args.runs):
+            raise ValueError(f"--contexts: give one per run ({len(args.runs)}), got {args.contexts}")
+        overrides["member_contexts"] = list(args.contexts)
     if args.roi_size:
         overrides["roi_size"] = list(args.roi_size)
     if args.volume_roi_size:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.transforms import CenterSpatialCrop
 
+from hippogan.transforms.context import SagittalContext
 from hippogan.transforms.slicing import VOLUME_VIEW, as_plain_tensor, plane_inferer, view_axis
 
 from .empty_planes import EmptyPlaneSkipper
@@ -35,6 +36,9 @@ class ProbabilityEnsemble(torch.nn.Module):
         volume_roi_size: ``volume`` members run on the centred window of this size (voxels; e.g. the 32x64x64
             ROI a 3D generator trained on, inside the 48x64x64 one that whole-brain boxes need); outside it
             they give background. None: the whole ROI.
+        contexts: with ``views``, one per member: the sagittal neighbours on each side stacked as its input channels
+            (:class:`~hippogan.transforms.SagittalContext`; a 2.5D generator trained with that ``context`` beside
+            1-channel ones). None: every member takes the input as it is.
 
     Orientation check: a coronal or axial plane holds the left-right (x) axis, so a generator trained on them
     learns the training crops' orientation (the MSD crops all have the left hippocampus's) and fails on a mirrored
@@ -63,40 +67,53 @@ class ProbabilityEnsemble(torch.nn.Module):
         sw_batch_size: int = 128,
         mirror_check: bool = True,
         volume_roi_size: Sequence[int] | None = None,
+        contexts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(members) < 1:
             raise ValueError("ProbabilityEnsemble: give at least one member network.")
         if views is not None and len(views) != len(members):
             raise ValueError(f"ProbabilityEnsemble: {len(members)} members but {len(views)} views {list(views)}.")
+        if contexts is not None and (views is None or len(contexts) != len(members)):
+            raise ValueError(
+                f"ProbabilityEnsemble: contexts {list(contexts)} need views and one context per member ({len(members)})."
+            )
         self.members = torch.nn.ModuleList(members)
         self.views = None if views is None else tuple(views)
-        planes = [v for v in self.views or () if v != VOLUME_VIEW]
+        contexts = [0] * len(members) if contexts is None else contexts
+        self._stackers = {c: SagittalContext(c) for c in contexts}  # validates them
+        # members sharing a view and a context share one pass: member indices per (view, context)
+        groups = {}
+        for i, (view, context) in enumerate(zip(self.views or (), contexts)):
+            groups.setdefault((view, context), []).append(i)
         self._volume_members = [i for i, v in enumerate(self.views or ()) if v == VOLUME_VIEW]
+        self._volume_groups = [(c, ix) for (v, c), ix in groups.items() if v == VOLUME_VIEW]
         self._volume_window = None if volume_roi_size is None else CenterSpatialCrop(tuple(volume_roi_size))
+        planes = [v for v in self.views or () if v != VOLUME_VIEW]
         # the check needs sagittal members (the reference) and members of another view
         others = any(view_axis(v) != 0 for v in planes) or bool(self._volume_members)
         self.mirror_check = mirror_check and others and any(view_axis(v) == 0 for v in planes)
-        # per plane view, sagittal first (the orientation check's reference): (its axis, inferer, member indices,
-        # empty-plane skipper)
+        # per plane view and context, sagittal first (the orientation check's reference): (its axis, context,
+        # inferer, member indices, empty-plane skipper)
         self._passes = []
-        for view in sorted(dict.fromkeys(planes), key=lambda v: view_axis(v) != 0):
-            indices = [i for i, v in enumerate(self.views) if v == view]
-            self._passes.append((view_axis(view), plane_inferer(roi_size, sw_batch_size, view=view), indices,
-                                 EmptyPlaneSkipper(lambda planes, ix=indices: self._mean_probability(planes, ix))))
+        plane_groups = [(g, ix) for g, ix in groups.items() if g[0] != VOLUME_VIEW]
+        for (view, context), indices in sorted(plane_groups, key=lambda group: view_axis(group[0][0]) != 0):
+            self._passes.append((view_axis(view), context, plane_inferer(roi_size, sw_batch_size, view=view),
+                                 indices, EmptyPlaneSkipper(lambda p, ix=indices: self._mean_probability(p, ix))))
 
     def _mean_probability(self, x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         return torch.stack([as_plain_tensor(self.members[i](x)).float().softmax(dim=1) for i in indices]).mean(dim=0)
 
     def _volume_probability(self, x: torch.Tensor) -> torch.Tensor:
         """The ``volume`` members' summed probabilities on ``x`` ``(B, Cin, X, Y, Z)``, within ``volume_roi_size``."""
-        indices = self._volume_members
+        window = (slice(None), slice(None))
+        if self._volume_window is not None:
+            window += tuple(self._volume_window.compute_slices(x.shape[2:]))
+        inner = sum(len(ix) * self._mean_probability(self._stackers[c](x[window]), ix) for c, ix in self._volume_groups)
         if self._volume_window is None:
-            return len(indices) * self._mean_probability(x, indices)
-        window = (slice(None), slice(None), *self._volume_window.compute_slices(x.shape[2:]))
-        inner = len(indices) * self._mean_probability(x[window], indices)
+            return inner
         out = inner.new_zeros((x.shape[0], inner.shape[1], *x.shape[2:]))
-        out[:, 0] = len(indices)  # background outside the window
+        out[:, 0] = len(self._volume_members)  # background outside the window
         out[window] = inner
         return out
 
@@ -104,12 +121,12 @@ class ProbabilityEnsemble(torch.nn.Module):
         if self.views is None:
             mean = self._mean_probability(x, range(len(self.members)))
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
-        total, sagittal = 0.0, None
-        for axis, inferer, indices, skipper in self._passes:
+        total, sagittal = 0.0, 0.0
+        for axis, context, inferer, indices, skipper in self._passes:
             per_plane = skipper.network if self.training else skipper  # training: no cached zero-plane output
 
-            def run(volume: torch.Tensor) -> torch.Tensor:  # the view's members' summed probabilities
-                return len(indices) * as_plain_tensor(inferer(volume, per_plane)).float()
+            def run(volume: torch.Tensor) -> torch.Tensor:  # the group's members' summed probabilities
+                return len(indices) * as_plain_tensor(inferer(self._stackers[context](volume), per_plane)).float()
 
             if axis != 0 and self.mirror_check:
                 mirrored = (mirror_margin(x, run, sagittal, 2 + axis) > 0).view(-1, *[1] * (x.ndim - 1))
@@ -118,7 +135,7 @@ class ProbabilityEnsemble(torch.nn.Module):
             else:
                 probabilities = run(x)
                 if axis == 0:
-                    sagittal = probabilities
+                    sagittal = sagittal + probabilities
             total = total + probabilities
         if self._volume_members:
             volume = self._volume_probability(x)

@@ -24,6 +24,7 @@ def load_generator(
     device: str | torch.device | None = None,
     views: Sequence[str] | None = None,
     volume_roi_size: Sequence[int] | None = None,
+    contexts: Sequence[int] | None = None,
 ) -> torch.nn.Module:
     """Build the generator and load its weights for inference (eval mode, float32, on ``device``).
 
@@ -39,6 +40,8 @@ def load_generator(
             ``axial``): a multi-view ensemble that takes 3D ROI batches (see
             :class:`~hippogan.networks.ProbabilityEnsemble`); None: the members take the same 2D planes.
         volume_roi_size: with ``views``, the window the ``volume`` (3D) members run on (their training ROI).
+        contexts: with ``views``, the sagittal neighbours each generator takes on either side as channels (the
+            ``context`` it trained with; 2.5D generators beside 1-channel ones); None: none.
 
     Raises:
         FileNotFoundError: a weights file does not exist.
@@ -59,7 +62,7 @@ def load_generator(
     if len(members) == 1 and views is None:
         model = members[0]
     else:
-        model = ProbabilityEnsemble(members, views=views, volume_roi_size=volume_roi_size)
+        model = ProbabilityEnsemble(members, views=views, volume_roi_size=volume_roi_size, contexts=contexts)
     return model.float().to(torch.device("cpu") if device is None else device).eval()
 
 

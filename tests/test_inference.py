@@ -350,3 +350,22 @@ def test_bundle_runs_a_2_5d_generator(msd_images, tmp_path):
     assert sample[IMAGE].shape == (3, 48, 64, 64)
     torch.testing.assert_close(sample[IMAGE][0, 1:], sample[IMAGE][1, :-1])  # channel 0: the plane x - 1
     assert segmenter.segment(msd_images[0]).label_map.shape == nib.load(msd_images[0]).shape
+
+
+def test_bundle_ensemble_of_a_2_5d_and_a_1_channel_generator(narrow_weights, msd_images, tmp_path):
+    """``member_contexts``: the ensemble stacks the 2.5D member's neighbours, the preprocessing none; alone
+    (``ensemble: false``), the first generator's context goes back to the preprocessing."""
+    weights = save_random_weights(tmp_path / "model_ctx.pt", {**NARROW, "network_def#in_channels": 3})
+    parser = ConfigParser()
+    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
+    parser.update(NARROW)
+    one = dict(parser.get("network_def"))
+    overrides = {**CPU, "mode": "precropped", "ckpt_paths": [str(weights), str(narrow_weights)],
+                 "ckpt_views": ["sagittal", "coronal"], "member_contexts": [1, 0],
+                 "member_network_defs": [{**one, "in_channels": 3}, one]}  # fmt: skip
+    segmenter = segmenter_from_bundle(overrides=overrides)
+    assert segmenter.preprocessing({IMAGE: str(msd_images[0])})[IMAGE].shape == (1, 48, 64, 64)
+    assert segmenter.segment(msd_images[0]).label_map.shape == nib.load(msd_images[0]).shape
+    alone = segmenter_from_bundle(overrides={**overrides, "ensemble": False})
+    assert alone.preprocessing({IMAGE: str(msd_images[0])})[IMAGE].shape == (3, 48, 64, 64)
+    assert alone.segment(msd_images[0]).label_map.shape == nib.load(msd_images[0]).shape

@@ -372,6 +372,30 @@ def test_ensemble_volume_member_window_and_orientation_check():
     assert torch.equal(outside.argmax(dim=1)[:, :8], torch.zeros(2, 8, 64, 64, dtype=torch.long))
 
 
+def test_ensemble_stacks_each_members_sagittal_context():
+    """``contexts``: a 2.5D sagittal member (3 channels: planes x - 1, x, x + 1) beside a 1-channel coronal one, as
+    each would run alone on its own input."""
+    from hippogan.networks import ProbabilityEnsemble
+    from hippogan.transforms import SagittalContext, plane_inferer
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(1, 3, 3, padding=1)]
+    volume = torch.randn(2, 1, 8, 16, 16)
+    views = ["sagittal", "coronal"]
+    with torch.no_grad():
+        out = ProbabilityEnsemble(members, views=views, roi_size=(16, 16), mirror_check=False, contexts=[1, 0])(volume)
+        inputs = [SagittalContext(1)(volume), volume]
+        expected = [torch.as_tensor(plane_inferer((16, 16), view=v)(x, m)).softmax(1)
+                    for v, m, x in zip(views, members, inputs)]  # fmt: skip
+    torch.testing.assert_close(out.softmax(1), torch.stack(expected).mean(0))
+    with pytest.raises(ValueError, match="one context per member"):
+        ProbabilityEnsemble(members, views=views, contexts=[1])
+    with pytest.raises(ValueError, match="need views"):
+        ProbabilityEnsemble(members, contexts=[1, 0])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        ProbabilityEnsemble(members, views=views, contexts=[-1, 0])
+
+
 def test_multi_view_ensemble_segments_a_mirrored_crop_as_its_mirror():
     from hippogan.networks import ProbabilityEnsemble
 

@@ -24,6 +24,14 @@ def test_planes_hold_their_neighbours(context):
             torch.testing.assert_close(out[2 * k : 2 * k + 2, x], expected)
 
 
+def test_a_batch_stacks_each_volume_as_alone():
+    batch = torch.randn(3, 2, 5, 4, 4)
+    out = SagittalContext(1)(batch)
+    assert out.shape == (3, 6, 5, 4, 4)
+    for b in range(3):
+        torch.testing.assert_close(out[b], SagittalContext(1)(batch[b]))
+
+
 @pytest.mark.parametrize("context", [-1, 1.5])
 def test_rejects_bad_context(context):
     with pytest.raises(ValueError, match="context"):

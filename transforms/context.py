@@ -16,7 +16,8 @@ __all__ = ["SagittalContext", "SagittalContextd", "SagittalContextD", "SagittalC
 class SagittalContext(Transform):
     """Stack each sagittal plane with its ``context`` neighbours on either side as channels.
 
-    ``(C, X, Y, Z)`` -> ``(C * (2 * context + 1), X, Y, Z)``: channel block ``k`` holds the volume shifted by
+    ``(C, X, Y, Z)`` -> ``(C * (2 * context + 1), X, Y, Z)``, or a batch ``(B, C, X, Y, Z)`` ->
+    ``(B, C * (2 * context + 1), X, Y, Z)`` (as a multi-view ensemble stacks its 2.5D members' input): channel block ``k`` holds the volume shifted by
     ``k - context`` planes along x (RAS left-right), zero beyond the volume, so a 2D network given the plane
     at ``x`` sees planes ``x - context .. x + context``. ``context=0`` returns the input unchanged.
 
@@ -33,14 +34,16 @@ class SagittalContext(Transform):
         self.context = int(context)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """``(C, X, Y, Z)`` in, ``(C * (2 * context + 1), X, Y, Z)`` out (same type and metadata)."""
-        if img.ndim != 4:
-            raise ValueError(f"SagittalContext: expected a (C, X, Y, Z) volume, got shape {tuple(img.shape)}.")
+        """``([B,] C, X, Y, Z)`` in, ``([B,] C * (2 * context + 1), X, Y, Z)`` out (same type and metadata)."""
+        if img.ndim not in (4, 5):
+            raise ValueError(
+                f"SagittalContext: expected a (C, X, Y, Z) volume or a batch of them, got shape {tuple(img.shape)}."
+            )
         if self.context == 0:
             return img
         padded = torch.nn.functional.pad(img, (0, 0, 0, 0, self.context, self.context))
-        x = img.shape[1]
-        return torch.cat([padded[:, k : k + x] for k in range(2 * self.context + 1)], dim=0)
+        x = img.shape[-3]
+        return torch.cat([padded[..., k : k + x, :, :] for k in range(2 * self.context + 1)], dim=-4)
 
 
 class SagittalContextd(MapTransform):
