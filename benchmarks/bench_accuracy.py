@@ -71,10 +71,11 @@ MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "attention_unet": ("MONAI AttentionUnet 2D", ("attention_unet.yaml",)),
     "attention_unet_aug": ("MONAI AttentionUnet 2D + augmentation", ("attention_unet_aug.yaml",)),
     "unet3d": ("MONAI UNet 3D (whole volume)", ("unet3d.yaml",)),
-    "resse3d": ("Res-SEblock generator 3D (whole 32x64x64 ROI) + augmentation", ("resse3d.yaml",)),
+    "resse3d": ("Res-SEblock generator 3D (whole 32x64x64 ROI) + augmentation",
+                (str(DEFAULT_BUNDLE / "configs" / "train_3d.yaml"),)),  # the bundle's 3D recipe
 }
-"""Model name -> (table label, its override files in :data:`CONFIG_DIR`, merged after ``train.yaml`` and
-``train_cpu.yaml``)."""
+"""Model name -> (table label, its override files in :data:`CONFIG_DIR` (or absolute paths), merged after
+``train.yaml`` and ``train_cpu.yaml``)."""
 METRICS = ("dsc", "sen", "ppv", "jaccard", "hd95", "dsc_class1", "dsc_class2")
 
 

@@ -31,7 +31,7 @@ Run from the repository root after the CV runs, e.g.::
     hippogan cv ... --output-dir runs/cv5_cor ... view=coronal
     python benchmarks/bench_ensemble.py --runs runs/cv5_a runs/cv5_cor --views sagittal coronal ... \\
         --out benchmarks/results/multiview.md
-    hippogan cv ... --output-dir runs/cv5_3d ... --config benchmarks/configs/resse3d.yaml max_epochs=20
+    hippogan cv ... --output-dir runs/cv5_3d ... --config train_3d.yaml max_epochs=20
     python benchmarks/bench_ensemble.py --runs runs/cv5_s20 runs/cv5_3d --views sagittal volume \
         --network-overrides '{}' '{"spatial_dims": 3}' --roi-size 32 64 64 ... --out benchmarks/results/sag_3d.md
 """

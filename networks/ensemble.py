@@ -49,8 +49,9 @@ class ProbabilityEnsemble(torch.nn.Module):
     (soft Dice) with the sagittal members' there is the one their full pass runs in (``benchmarks/results/
     mirrored_crops.md``: on the 200 CV scans, as given and mirrored, 400 of 400 orientations picked right, the
     closest by 0.15 soft Dice). It costs half a pass of those members more. ``volume`` members (3D generators,
-    as orientation-bound as coronal ones) run on the whole ROI as given and x-mirrored, and per sample the
-    orientation that agrees better with the sagittal members' is kept: one pass of those members more.
+    as orientation-bound as coronal ones) run in the orientation picked for the coronal (or axial) members; without
+    such members, on the ROI as given and x-mirrored, and per sample the orientation that agrees better with the
+    sagittal members' is kept: one pass of those members more.
 
     ``forward``: ``(B, Cin, *S)`` -> ``(B, C, *S)``, the log of the members' mean probability, so that it can stand
     where one network's logits do: its softmax is the mean probability and its argmax the ensemble's labels.
@@ -121,7 +122,7 @@ class ProbabilityEnsemble(torch.nn.Module):
         if self.views is None:
             mean = self._mean_probability(x, range(len(self.members)))
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
-        total, sagittal = 0.0, 0.0
+        total, sagittal, picked = 0.0, 0.0, None  # picked: (B, 1, 1, 1, 1) the orientation check's first verdict
         for axis, context, inferer, indices, skipper in self._passes:
             per_plane = skipper.network if self.training else skipper  # training: no cached zero-plane output
 
@@ -130,22 +131,32 @@ class ProbabilityEnsemble(torch.nn.Module):
 
             if axis != 0 and self.mirror_check:
                 mirrored = (mirror_margin(x, run, sagittal, 2 + axis) > 0).view(-1, *[1] * (x.ndim - 1))
-                probabilities = run(torch.where(mirrored, x.flip(2), x))
-                probabilities = torch.where(mirrored, probabilities.flip(2), probabilities)
+                picked = mirrored if picked is None else picked
+                probabilities = _in_orientation(run, x, mirrored)
             else:
                 probabilities = run(x)
                 if axis == 0:
                     sagittal = sagittal + probabilities
             total = total + probabilities
         if self._volume_members:
-            volume = self._volume_probability(x)
-            if self.mirror_check:
-                flipped = self._volume_probability(x.flip(2)).flip(2)
-                mirrored = _soft_dice(sagittal, flipped) > _soft_dice(sagittal, volume)
-                volume = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), flipped, volume)
+            if not self.mirror_check:
+                volume = self._volume_probability(x)
+            elif picked is not None:  # the orientation picked for the coronal (or axial) members
+                volume = _in_orientation(self._volume_probability, x, picked)
+            else:  # both orientations, the one agreeing better with the sagittal members kept
+                as_given, flipped = self._volume_probability(x), self._volume_probability(x.flip(2)).flip(2)
+                mirrored = _soft_dice(sagittal, flipped) > _soft_dice(sagittal, as_given)
+                volume = torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), flipped, as_given)
             total = total + volume
         mean = total / len(self.members)
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
+def _in_orientation(run, x: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """``run`` (volume -> probabilities) on each sample of ``x`` ``(B, Cin, X, Y, Z)`` x-mirrored where ``mirrored``
+    ``(B, 1, 1, 1, 1)`` is true, its output mirrored back: the probabilities on ``x``'s own grid."""
+    probabilities = run(torch.where(mirrored, x.flip(2), x))
+    return torch.where(mirrored, probabilities.flip(2), probabilities)
 
 
 def mirror_margin(x: torch.Tensor, run, sagittal: torch.Tensor, plane_dim: int) -> torch.Tensor:

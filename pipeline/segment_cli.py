@@ -118,6 +118,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     if args.model:
         overrides["ckpt_path"] = str(args.model[0]) if len(args.model) == 1 else [str(m) for m in args.model]
         overrides["ckpt_views"] = ["sagittal"] * len(args.model)
+        overrides["member_network_defs"] = None  # network_def for each (the shipped ensemble's 3D one is not theirs)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu or auto.")
     if args.device != "auto":

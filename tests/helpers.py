@@ -59,6 +59,7 @@ def save_random_weights(
     overrides: Mapping[str, Any] | None = None,
     seed: int = 0,
     bundle: str | Path = DEFAULT_BUNDLE,
+    network_id: str = "network_def",
 ) -> Path:
     """Save random-init weights of ``bundle``'s ``network_def`` (with ``overrides``) as an fp16 state dict.
 
@@ -67,18 +68,19 @@ def save_random_weights(
         overrides: config ids of ``configs/inference.yaml`` -> values (e.g. :data:`NARROW`).
         seed: torch seed of the initialisation.
         bundle: the bundle folder whose ``configs/inference.yaml`` defines the network.
+        network_id: the config id of the network (e.g. ``member_network_defs#2``, the shipped 3D member).
     """
     parser = ConfigParser()
     parser.read_config(str(Path(bundle) / "configs" / "inference.yaml"))
     parser.update(dict(overrides or {}))
     torch.manual_seed(seed)
-    state = parser.get_parsed_content("network_def").state_dict()
+    state = parser.get_parsed_content(network_id).state_dict()
     return save_fp16_weights(state, path)
 
 
 def narrow_bundle(root: str | Path, overrides: Mapping[str, Any] | None = None) -> Path:
     """Copy the bundle to ``root`` with :data:`NARROW` widths and random weights of those widths (every file of
-    ``ckpt_paths``).
+    ``ckpt_paths``, each of its ``member_network_defs`` network).
 
     The copy's ``configs/inference.yaml`` is rewritten with the overrides applied (comments are lost), so any
     tool that reads the bundle (``monai.bundle run``, ``hippogan infer``/``segment --bundle``) gets the narrow
@@ -97,8 +99,10 @@ def narrow_bundle(root: str | Path, overrides: Mapping[str, Any] | None = None) 
     ConfigParser.export_config_file(parser.get(), config, fmt="yaml", sort_keys=False)
     (root / "models").mkdir(exist_ok=True)
     parser.update({"bundle_root": str(root)})
-    for seed, path in enumerate(parser.get_parsed_content("ckpt_paths")):  # every ensemble member
-        save_random_weights(path, bundle=root, seed=seed)
+    own_networks = parser.get("member_network_defs") is not None
+    for seed, path in enumerate(parser.get_parsed_content("ckpt_paths")):  # every ensemble member, its own network
+        network_id = f"member_network_defs#{seed}" if own_networks else "network_def"
+        save_random_weights(path, bundle=root, seed=seed, network_id=network_id)
     return root
 
 

@@ -17,7 +17,6 @@ from hippogan.pipeline.cli import main
 from hippogan.pipeline.crossval import CV_PER_CASE_CSV, CV_SUMMARY_CSV, fold_table, run_crossval
 from hippogan.pipeline.manifest import load_manifest
 
-BENCHMARK_CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 TINY_CLI = ["num_workers=0", "empty_fraction=0.05", "max_epochs=1", "batch_size=16"]
 
 
@@ -71,7 +70,7 @@ def test_cv_trains_and_scores_each_fold(msd_dir: Path, tmp_path: Path) -> None:
 def test_cv_of_a_2_5d_and_a_3d_generator(name: str, overrides: dict, msd_dir: Path, tmp_path: Path) -> None:
     """The CV segments the held-out scans as the generator trained: neighbouring planes, or whole volumes."""
     manifest = write_manifest(tmp_path / "manifest.csv", n_val=1)
-    configs = ["train_cpu.yaml"] + ([str(BENCHMARK_CONFIGS / "resse3d.yaml")] if name == "3D" else [])
+    configs = ["train_cpu.yaml"] + (["train_3d.yaml"] if name == "3D" else [])
     summary = run_crossval(msd_dir, tmp_path / "cv", folds=[0], configs=configs, overrides={**TINY, **overrides},
                            manifest=manifest)  # fmt: skip
     assert summary.loc["0", "n_cases"] == 1 and 0 <= summary.loc["0", "dsc"] <= 1

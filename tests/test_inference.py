@@ -311,10 +311,12 @@ def test_confidence_column_filled(msd_images, tmp_path):
 
 def test_low_confidence_threshold_follows_the_model():
     """The bundle's "check this scan" level, the 10th percentile of each kind of model's CV confidence: 0.932 for
-    the shipped multi-view ensemble, 0.939 for two sagittal generators, 0.948 for one."""
+    the shipped multi-view ensemble (and for its sagittal + coronal pair), 0.939 for two sagittal generators, 0.948
+    for one."""
     cpu = {"device": "$torch.device('cpu')"}
     assert segmenter_from_bundle(overrides=cpu).low_confidence == pytest.approx(0.932)
-    two = {"ckpt_views": ["sagittal", "sagittal"]}
+    pair = [str(DEFAULT_BUNDLE / "models" / name) for name in ("model.pt", "model_coronal.pt")]
+    two = {"ckpt_paths": pair, "ckpt_views": ["sagittal", "sagittal"]}
     assert segmenter_from_bundle(overrides={**cpu, **two}).low_confidence == pytest.approx(0.939)
     assert segmenter_from_bundle(overrides={**cpu, "ensemble": False}).low_confidence == pytest.approx(0.948)
     assert segmenter_from_bundle(overrides={**cpu, "low_confidence": None}).low_confidence is None

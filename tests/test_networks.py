@@ -368,6 +368,14 @@ def test_ensemble_volume_member_window_and_orientation_check():
     assert torch.equal(labels == 1, truth) and torch.equal(labels[1], labels[0].flip(0))
     # unchecked, the 3D member vetoes the mirrored crop where the sagittal one is unsure: its probability halves
     assert torch.allclose(unchecked[1].softmax(0)[1][truth[1]], torch.tensor(0.5), atol=0.02)
+    # beside a coronal member, the 3D one runs once, in the orientation picked for the coronal one
+    seen.clear()
+    three = [_Threshold(), _Threshold(left_only=True), members[1]]
+    with torch.no_grad():
+        labels = ProbabilityEnsemble(three, views=["sagittal", "coronal", "volume"], volume_roi_size=(32, 64, 64))(
+            volume
+        ).argmax(dim=1)
+    assert seen == [(32, 64, 64)] and torch.equal(labels == 1, truth)
     outside = ProbabilityEnsemble([_Threshold()], views=["volume"], volume_roi_size=(32, 64, 64))(volume)
     assert torch.equal(outside.argmax(dim=1)[:, :8], torch.zeros(2, 8, 64, 64, dtype=torch.long))
 

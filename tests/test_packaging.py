@@ -36,6 +36,7 @@ SHIPPED = (
     "docs/*.md",
     "models/model.pt",
     "models/model_coronal.pt",
+    "models/model_3d.pt",
 )
 """The bundle's files that the wheel must carry (as ``setup.cfg``'s package_data), relative to the bundle."""
 PATH_KEYS = ("dataset_dir", "manifest", "input", "output_dir", "ckpt_path", "ckpt_dir")
