@@ -31,7 +31,8 @@ def config_files(name: str) -> list[str]:
 
 def test_every_override_file_is_a_model() -> None:
     files = {path.name for path in bench_accuracy.CONFIG_DIR.glob("*.yaml")}
-    assert files == {f for _, extra in bench_accuracy.MODELS.values() for f in extra}
+    # every file of benchmarks/configs is some model's; a path is a bundle config (the 3D recipe, train_3d.yaml)
+    assert files == {f for _, extra in bench_accuracy.MODELS.values() for f in extra if "/" not in f}
 
 
 @pytest.mark.parametrize("name", MODELS)
