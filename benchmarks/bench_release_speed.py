@@ -5,8 +5,8 @@ model load, pre-processing, network, inversion, clean-up, QC pictures, ``volumes
 from outside by ``farm-bench`` with the baseline in turns (A B A B ...), so the ratio is paired under the same
 machine load. The baseline is the code and weights of an earlier commit (default ``ef9c6b4``, bundle 0.3.0: one
 narrow generator), checked out with ``git worktree`` and imported ahead of the installed package through a
-``hippogan`` folder of links on ``PYTHONPATH``. Variants of this checkout: the default model (bundle 0.6.0: the
-two-generator ensemble) and ``--single-model``.
+``hippogan`` folder of links on ``PYTHONPATH``. Variants of this checkout: the default model (the bundle's multi-view
+ensemble; since 0.9.0 sagittal + coronal + 3D) and ``--single-model``.
 
 Every command runs on 1 crop and on ``--cases`` crops; the per-crop figure is the difference of the medians
 divided by ``cases - 1`` (start-up and model load cancel out), the start-up figure the 1-crop median.
