@@ -77,7 +77,8 @@ class ProbabilityEnsemble(torch.nn.Module):
             raise ValueError(f"ProbabilityEnsemble: {len(members)} members but {len(views)} views {list(views)}.")
         if contexts is not None and (views is None or len(contexts) != len(members)):
             raise ValueError(
-                f"ProbabilityEnsemble: contexts {list(contexts)} need views and one context per member ({len(members)})."
+                f"ProbabilityEnsemble: contexts {list(contexts)} need views and one context per member "
+                f"({len(members)})."
             )
         self.members = torch.nn.ModuleList(members)
         self.views = None if views is None else tuple(views)
