@@ -14,6 +14,10 @@ mirrored along x (image and label, written under ``runs/mirrored_crops/``) throu
   the ROI as given and x-mirrored, and per scan the orientation whose hippocampus probability agrees better with
   the sagittal member's is the one its full pass runs in.
 
+With ``--volume-run`` (a ``hippogan cv`` run of the 3D recipe, ``train_3d.yaml``), the models are instead the
+three as one model (the shipped 0.9.0 kind; the 3D member on the centred 32x64x64 window of the ROI), unchecked and
+checked: checked, the 3D member runs in the orientation the coronal member's check picked.
+
 Reported: binary, anterior and posterior DSC of each model on the scans as given and mirrored, the check's
 picks (the mirrored orientation should be picked for the mirrored scans only) with their soft-Dice margins, and
 seconds per scan. Run from the repository root, e.g.::
@@ -54,6 +58,11 @@ MODELS = {  # name: (members' views, mirror_check)
     "sagittal + coronal, unchecked": (["sagittal", "coronal"], False),
     "sagittal + coronal": (["sagittal", "coronal"], True),
 }
+MODELS_3D = {  # with --volume-run
+    "sagittal + coronal + 3D, unchecked": (["sagittal", "coronal", "volume"], False),
+    "sagittal + coronal + 3D": (["sagittal", "coronal", "volume"], True),
+}
+NETWORK_DEFS = {"sagittal": "%network_def", "coronal": "%network_def", "volume": "%network_def_3d"}  # bundle ids
 
 
 def _mirror(rows: list[dict], out: Path) -> list[dict]:
@@ -87,15 +96,16 @@ def _picks(segmenter, networks: dict, rows: list[dict]) -> list[float]:
     return margins
 
 
-def _fold(runs: list[Path], fold: int, rows: list[dict]) -> pd.DataFrame:
-    views = ["sagittal", "coronal"]
+def _fold(runs: list[Path], fold: int, rows: list[dict], models: dict) -> pd.DataFrame:
+    views = ["sagittal", "coronal", "volume"]
     checkpoints = {view: str(run / f"fold_{fold}" / "checkpoints" / "best.pt") for run, view in zip(runs, views)}
     inputs = {"as given": rows, "mirrored": _mirror(rows, WORK / f"inputs_fold_{fold}")}
     frames = []
-    for name, (model_views, check) in MODELS.items():
+    for name, (model_views, check) in models.items():
         segmenter = segmenter_from_bundle(
             overrides={"mode": "precropped", "device": "$torch.device('cpu')", "ckpt_views": model_views,
-                       "ckpt_paths": [checkpoints[v] for v in model_views], "ensemble": len(model_views) > 1}
+                       "ckpt_paths": [checkpoints[v] for v in model_views], "ensemble": len(model_views) > 1,
+                       "member_network_defs": [NETWORK_DEFS[v] for v in model_views]}
         )  # fmt: skip
         if len(model_views) > 1:
             segmenter.network.mirror_check = check
@@ -119,13 +129,13 @@ def _markdown(table: pd.DataFrame, command: str) -> str:
         "| model | scans | as given: binary DSC | anterior | posterior | mirrored: binary DSC | anterior | posterior | "
         "s/scan |", "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for name in MODELS:
+    for name in table.model.unique():
         rows = table[table.model == name]
         given, mirrored = rows[rows.orientation == "as given"], rows[rows.orientation == "mirrored"]
         cells = [name, str(len(given))]
         cells += [f"{part[m].mean():.4f}" for part in (given, mirrored) for m in ("dsc", "dsc_class1", "dsc_class2")]
         lines.append("| " + " | ".join(cells + [f"{rows.seconds_per_scan.mean():.2f}"]) + " |")
-    checked = table[table.model == "sagittal + coronal"]
+    checked = table[table.mirror_margin.notna()] if "mirror_margin" in table else table.iloc[:0]
     margin = checked.mirror_margin.where(checked.orientation == "mirrored", -checked.mirror_margin)  # > 0: right
     lines += ["", f"Orientation check (every {MIRROR_CHECK_STRIDE}th coronal plane): the right orientation picked "
               f"for {(margin > 0).sum()} of {len(checked)} scans (as given and mirrored); soft-Dice margin toward the "
@@ -136,6 +146,7 @@ def _markdown(table: pd.DataFrame, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs=2, required=True, help="`hippogan cv` runs: sagittal, coronal")
+    parser.add_argument("--volume-run", type=Path, help="a `hippogan cv` run of the 3D recipe: score it and the three")
     parser.add_argument("--manifest", type=Path, required=True, help="the manifest the runs were trained with")
     parser.add_argument("--dataset-dir", type=Path, required=True)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     datalist = workflow.parser.get_parsed_content("datalist")
     tables = []
     for fold in args.folds:
-        tables.append(_fold(args.runs, fold, select_folds(datalist, folds=[fold])))
+        runs, models = (args.runs + [args.volume_run], MODELS_3D) if args.volume_run else (args.runs, MODELS)
+        tables.append(_fold(runs, fold, select_folds(datalist, folds=[fold]), models))
         logger.info("fold %d done", fold)
     table = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/bench_mirrored_crops.py " + " ".join(sys.argv[1:] if argv is None else argv)
