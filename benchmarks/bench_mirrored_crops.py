@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     workflow = build_train_workflow(args.dataset_dir, WORK, manifest=args.manifest)
     datalist = workflow.parser.get_parsed_content("datalist")
+    runs, models = (args.runs + [args.volume_run], MODELS_3D) if args.volume_run else (args.runs, MODELS)
     tables = []
     for fold in args.folds:
-        runs, models = (args.runs + [args.volume_run], MODELS_3D) if args.volume_run else (args.runs, MODELS)
         tables.append(_fold(runs, fold, select_folds(datalist, folds=[fold]), models))
         logger.info("fold %d done", fold)
     table = pd.concat(tables, ignore_index=True)

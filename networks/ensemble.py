@@ -88,12 +88,11 @@ class ProbabilityEnsemble(torch.nn.Module):
         groups = {}
         for i, (view, context) in enumerate(zip(self.views or (), contexts)):
             groups.setdefault((view, context), []).append(i)
-        self._volume_members = [i for i, v in enumerate(self.views or ()) if v == VOLUME_VIEW]
         self._volume_groups = [(c, ix) for (v, c), ix in groups.items() if v == VOLUME_VIEW]
         self._volume_window = None if volume_roi_size is None else CenterSpatialCrop(tuple(volume_roi_size))
         planes = [v for v in self.views or () if v != VOLUME_VIEW]
         # the check needs sagittal members (the reference) and members of another view
-        others = any(view_axis(v) != 0 for v in planes) or bool(self._volume_members)
+        others = any(view_axis(v) != 0 for v in planes) or bool(self._volume_groups)
         self.mirror_check = mirror_check and others and any(view_axis(v) == 0 for v in planes)
         # per plane view and context, sagittal first (the orientation check's reference): (its axis, context,
         # inferer, member indices, empty-plane skipper)
@@ -115,7 +114,7 @@ class ProbabilityEnsemble(torch.nn.Module):
         if self._volume_window is None:
             return inner
         out = inner.new_zeros((x.shape[0], inner.shape[1], *x.shape[2:]))
-        out[:, 0] = len(self._volume_members)  # background outside the window
+        out[:, 0] = sum(len(ix) for _, ix in self._volume_groups)  # background outside the window
         out[window] = inner
         return out
 
@@ -139,7 +138,7 @@ class ProbabilityEnsemble(torch.nn.Module):
                 if axis == 0:
                     sagittal = sagittal + probabilities
             total = total + probabilities
-        if self._volume_members:
+        if self._volume_groups:
             if not self.mirror_check:
                 volume = self._volume_probability(x)
             elif picked is not None:  # the orientation picked for the coronal (or axial) members

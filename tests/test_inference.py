@@ -322,13 +322,18 @@ def test_low_confidence_threshold_follows_the_model():
     assert segmenter_from_bundle(overrides={**cpu, "low_confidence": None}).low_confidence is None
 
 
-def test_bundle_ensemble_of_a_2d_and_a_3d_generator(narrow_weights, msd_images, tmp_path):
-    """``member_network_defs`` gives each file its own network; a ``volume`` member runs on the whole ROI."""
-    three_d = save_random_weights(tmp_path / "model_3d.pt", {**NARROW, "network_def#spatial_dims": 3})
+def _narrow_network_def() -> dict:
+    """The bundle's ``network_def`` config with :data:`NARROW` widths (a base for ``member_network_defs``)."""
     parser = ConfigParser()
     parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
     parser.update(NARROW)
-    two_d = dict(parser.get("network_def"))
+    return dict(parser.get("network_def"))
+
+
+def test_bundle_ensemble_of_a_2d_and_a_3d_generator(narrow_weights, msd_images, tmp_path):
+    """``member_network_defs`` gives each file its own network; a ``volume`` member runs on the whole ROI."""
+    three_d = save_random_weights(tmp_path / "model_3d.pt", {**NARROW, "network_def#spatial_dims": 3})
+    two_d = _narrow_network_def()
     overrides = {**CPU, "mode": "precropped", "ckpt_paths": [str(narrow_weights), str(three_d)],
                  "ckpt_views": ["sagittal", "volume"], "roi_size": [32, 64, 64],
                  "member_network_defs": [two_d, {**two_d, "spatial_dims": 3}]}  # fmt: skip
@@ -358,10 +363,7 @@ def test_bundle_ensemble_of_a_2_5d_and_a_1_channel_generator(narrow_weights, msd
     """``member_contexts``: the ensemble stacks the 2.5D member's neighbours, the preprocessing none; alone
     (``ensemble: false``), the first generator's context goes back to the preprocessing."""
     weights = save_random_weights(tmp_path / "model_ctx.pt", {**NARROW, "network_def#in_channels": 3})
-    parser = ConfigParser()
-    parser.read_config(str(DEFAULT_BUNDLE / "configs" / "inference.yaml"))
-    parser.update(NARROW)
-    one = dict(parser.get("network_def"))
+    one = _narrow_network_def()
     overrides = {**CPU, "mode": "precropped", "ckpt_paths": [str(weights), str(narrow_weights)],
                  "ckpt_views": ["sagittal", "coronal"], "member_contexts": [1, 0],
                  "member_network_defs": [{**one, "in_channels": 3}, one]}  # fmt: skip

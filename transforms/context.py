@@ -17,9 +17,10 @@ class SagittalContext(Transform):
     """Stack each sagittal plane with its ``context`` neighbours on either side as channels.
 
     ``(C, X, Y, Z)`` -> ``(C * (2 * context + 1), X, Y, Z)``, or a batch ``(B, C, X, Y, Z)`` ->
-    ``(B, C * (2 * context + 1), X, Y, Z)`` (as a multi-view ensemble stacks its 2.5D members' input): channel block ``k`` holds the volume shifted by
-    ``k - context`` planes along x (RAS left-right), zero beyond the volume, so a 2D network given the plane
-    at ``x`` sees planes ``x - context .. x + context``. ``context=0`` returns the input unchanged.
+    ``(B, C * (2 * context + 1), X, Y, Z)`` (as a multi-view ensemble stacks its 2.5D members' input): channel
+    block ``k`` holds the volume shifted by ``k - context`` planes along x (RAS left-right), zero beyond the
+    volume, so a 2D network given the plane at ``x`` sees planes ``x - context .. x + context``. ``context=0``
+    returns the input unchanged.
 
     It changes no geometry and records nothing: ``Invertd`` passes over it, and predictions (one set of
     channels per plane) invert exactly as without it.
